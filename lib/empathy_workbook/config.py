@@ -1,0 +1,349 @@
+"""Configuration: one documented, validated dataclass per phase, filled from a small YAML preset.
+
+A preset is a YAML file in ``configs/``. Every key must be declared by a dataclass below; an
+unknown key is an error that names it, so a typo never silently falls back to a default.
+Notebooks may override single fields (papermill parameters) through ``load_config(overrides=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .paths import CONFIGS_DIR, DATA_DIR
+
+TINY_MODEL = "tiny"  # sentinel: the embedded model built by `empathy_workbook.tiny`
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a caring healthcare assistant for people concerned about falls. "
+    "Acknowledge how the person feels, show that their worry makes sense, and offer "
+    "gentle, practical next steps. Keep answers short enough to read on a phone."
+)
+
+
+class ConfigError(ValueError):
+    """A preset or override that cannot describe a valid run."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    """A dataclass field whose one-line help text is kept in its metadata."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _help("hub id, local folder, or 'tiny' for the embedded model", TINY_MODEL)
+    load_in_4bit: bool = _help("load the training base in 4-bit (CUDA only; ignored on CPU)", False)
+    trust_remote_code: bool = _help("run code shipped with a hub model; off unless you trust it", False)
+    use_unsloth: bool = _help("use Unsloth when CUDA and the package are available", True)
+
+    def __post_init__(self):
+        _require(bool(self.name_or_path), "model.name_or_path is empty: use a hub id, a folder, or 'tiny'")
+
+
+@dataclass
+class DataConfig:
+    source: str = _help("hub data set id or a local .json/.jsonl/.csv/.parquet with Context/Response",
+                        "data/support_corpus.jsonl")
+    mix_in: list = _help("extra local files in the same schema mixed into the data (e.g. fall-risk corpus)",
+                         factory=list)
+    system_prompt: str = _help("system message placed before every user turn", DEFAULT_SYSTEM_PROMPT)
+    max_tokens: int = _help("drop pairs whose rendered prompt+answer is longer than this many tokens", 512)
+    val_fraction: float = _help("share of distinct questions held out for validation (0.05-0.3)", 0.1)
+    seed: int = _help("seed for the grouped split", 42)
+
+    def __post_init__(self):
+        _require(0.0 < self.val_fraction < 0.5, f"data.val_fraction={self.val_fraction}: use a value in (0, 0.5)")
+        _require(self.max_tokens >= 32, f"data.max_tokens={self.max_tokens}: use at least 32")
+        _require(isinstance(self.mix_in, list), "data.mix_in must be a list of file paths")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _help("rank of the low-rank update (8-64)", 16)
+    alpha: int = _help("scale numerator: the update is multiplied by alpha / r", 16)
+    dropout: float = _help("dropout on the LoRA input (0-0.1)", 0.0)
+    target_modules: list = _help("linear layers that get an adapter", factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self):
+        _require(self.r > 0 and self.alpha > 0, "lora.r and lora.alpha must be positive")
+        _require(0.0 <= self.dropout < 1.0, f"lora.dropout={self.dropout}: use a value in [0, 1)")
+        _require(len(self.target_modules) > 0, "lora.target_modules is empty")
+
+
+@dataclass
+class TrainConfig:
+    """Fields that SFT and DPO share (batching, schedule, checkpoints, early stopping)."""
+
+    epochs: float = _help("passes over the training data", 3.0)
+    learning_rate: float = _help("peak learning rate", 2e-4)
+    batch_size: int = _help("sequences per device step", 4)
+    grad_accum: int = _help("steps accumulated per optimizer update (effective batch = batch_size * grad_accum)", 4)
+    warmup_ratio: float = _help("share of updates with a linear warm-up", 0.03)
+    optim: str = _help("optimizer name understood by transformers ('adamw_8bit' needs CUDA)", "adamw_torch")
+    precision: str = _help("'fp32', 'fp16' or 'bf16'; CPU always trains in fp32", "fp32")
+    max_length: int = _help("truncate sequences to this many tokens", 512)
+    max_steps: int = _help("stop after this many updates (-1 = run all epochs)", -1)
+    eval_steps: int = _help("measure validation loss every N updates", 10)
+    save_steps: int = _help("write a checkpoint every N updates (resume point)", 10)
+    early_stopping_patience: int = _help("stop after N evaluations without improvement (0 = never)", 3)
+    logging_steps: int = _help("log the training loss every N updates", 1)
+    seed: int = _help("training seed", 42)
+
+    def __post_init__(self):
+        _require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be positive")
+        _require(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+        _require(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
+        _require(self.precision in ("fp32", "fp16", "bf16"), f"precision={self.precision!r}: use fp32, fp16 or bf16")
+        _require(0.0 <= self.warmup_ratio < 0.5, f"warmup_ratio={self.warmup_ratio}: use a value in [0, 0.5)")
+        _require(self.eval_steps >= 1 and self.save_steps >= 1, "eval_steps and save_steps must be >= 1")
+
+
+@dataclass
+class SamplingConfig:
+    """Qwen's advice for non-thinking chat: temperature 0.7, top-p 0.8, top-k 20."""
+
+    temperature: float = _help("softmax temperature (0 = greedy)", 0.7)
+    top_p: float = _help("nucleus sampling mass", 0.8)
+    top_k: int = _help("sample among the k most likely tokens (0 = off)", 20)
+    repetition_penalty: float = _help("1.0 = off; below 1.0 encourages repetition", 1.0)
+    max_new_tokens: int = _help("answer length cap in tokens", 160)
+    batch_size: int = _help("prompts generated together (left-padded)", 8)
+    seed: int = _help("sampling seed", 1234)
+
+    def __post_init__(self):
+        _require(self.temperature >= 0, "sampling.temperature must be >= 0")
+        _require(0 < self.top_p <= 1, "sampling.top_p must be in (0, 1]")
+        _require(self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1")
+
+
+@dataclass
+class SFTConfig:
+    lora: LoraConfig = _help("adapter shape", factory=LoraConfig)
+    train: TrainConfig = _help("optimizer and schedule", factory=TrainConfig)
+    spot_check_prompts: int = _help("validation prompts answered by base and SFT side by side", 5)
+    spot_check: SamplingConfig = _help("sampling for the side-by-side check", factory=SamplingConfig)
+
+
+@dataclass
+class JudgeConfig:
+    backend: str = _help("'rubric' (offline baseline), 'transformers' or 'llama_cpp'", "rubric")
+    model: str = _help("judge model: hub id or folder (transformers), .gguf path (llama_cpp)", "")
+    temperature: float = _help("judge sampling temperature (low = consistent)", 0.1)
+    max_new_tokens: int = _help("room for the judge's JSON answer", 200)
+    batch_size: int = _help("responses scored together (transformers backend)", 8)
+    n_ctx: int = _help("context window for the llama_cpp backend", 4096)
+
+    def __post_init__(self):
+        _require(self.backend in ("rubric", "transformers", "llama_cpp"),
+                 f"judge.backend={self.backend!r}: use 'rubric', 'transformers' or 'llama_cpp'")
+        _require(self.backend == "rubric" or bool(self.model),
+                 f"judge.model is empty: the {self.backend!r} judge needs a model")
+
+
+@dataclass
+class PreferenceConfig:
+    sampling: SamplingConfig = _help("how rejected answers are sampled from the SFT model",
+                                     factory=lambda: SamplingConfig(temperature=1.5, top_p=1.0, top_k=0))
+    truncate_rate: float = _help("share of rejected answers cut at 70 % of their length", 0.0)
+    drop_first_sentence_rate: float = _help("share of rejected answers without their first sentence", 0.0)
+    low_repetition_penalty_rate: float = _help("share sampled with a repetition penalty below 1.0", 0.0)
+    low_repetition_penalty: float = _help("the penalty used for that share (< 1.0)", 0.9)
+    judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+    gap: float = _help("keep pairs with chosen - rejected >= gap", 2.0)
+    max_prompts: int = _help("use at most this many training prompts (-1 = all)", -1)
+
+    def __post_init__(self):
+        for name in ("truncate_rate", "drop_first_sentence_rate", "low_repetition_penalty_rate"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"preferences.{name}={value}: use a value in [0, 1]")
+        _require(0 < self.low_repetition_penalty < 1.0, "preferences.low_repetition_penalty must be in (0, 1)")
+        _require(self.gap >= 0, "preferences.gap must be >= 0")
+
+
+@dataclass
+class DPOConfig:
+    lora: LoraConfig = _help("adapter shape for the DPO LoRA", factory=LoraConfig)
+    train: TrainConfig = _help("optimizer and schedule",
+                               factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5, batch_size=2, grad_accum=8))
+    beta: float = _help("strength of the pull toward the reference (0.01-0.5)", 0.1)
+    loss_type: str = _help("TRL DPO loss: 'sigmoid' (the DPO paper), 'ipo', 'hinge', ...", "sigmoid")
+    heldout_fraction: float = _help("share of pairs (from validation prompts) kept for evaluation", 0.1)
+
+    def __post_init__(self):
+        _require(self.beta > 0, f"dpo.beta={self.beta} must be positive")
+
+
+@dataclass
+class ExportConfig:
+    quants: list = _help("quantized formats to write besides F16", factory=lambda: ["Q4_K_M"])
+    kld_max_texts: int = _help("validation answers used for perplexity and KL divergence", 32)
+    parity_prompts: int = _help("prompts checked for greedy parity (transformers vs F16 GGUF)", 4)
+    parity_tokens: int = _help("first K greedy tokens that must match", 16)
+    n_threads: int = _help("llama.cpp threads (0 = all cores)", 0)
+
+    def __post_init__(self):
+        allowed = {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}
+        bad = [q for q in self.quants if q not in allowed]
+        _require(not bad, f"export.quants has {bad}: choose from {sorted(allowed)}")
+
+
+@dataclass
+class EvalConfig:
+    val_prompts: int = _help("held-out validation prompts each model answers", 20)
+    suite: str = _help("fall-risk prompt suite (JSONL)", "data/eval_suite.jsonl")
+    sampling: SamplingConfig = _help("the same seeded sampling for every model", factory=SamplingConfig)
+    word_budget: int = _help("longest answer (words) that still reads well on a phone", 150)
+    judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+
+
+@dataclass
+class RunConfig:
+    preset: str = _help("name of the preset this run came from", "tiny")
+    seed: int = _help("global seed (python, numpy, torch)", 42)
+    model: ModelConfig = _help("base model", factory=ModelConfig)
+    data: DataConfig = _help("phase 1", factory=DataConfig)
+    sft: SFTConfig = _help("phase 2", factory=SFTConfig)
+    preferences: PreferenceConfig = _help("phase 3", factory=PreferenceConfig)
+    dpo: DPOConfig = _help("phase 4", factory=DPOConfig)
+    export: ExportConfig = _help("phase 5", factory=ExportConfig)
+    eval: EvalConfig = _help("phase 6", factory=EvalConfig)
+
+    def section(self, name: str) -> dict:
+        """The resolved dict of one section (used in fingerprints and notebooks)."""
+        return dataclasses.asdict(getattr(self, name))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the given sections (all when none are named)."""
+        payload = {s: self.section(s) for s in (sections or [f.name for f in fields(self)])}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build(cls, values: dict, where: str):
+    """Fill dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'preset'}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {where + '.' if where else ''}{unknown[0]}: "
+                          f"{cls.__name__} declares {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            default = next(f for f in fields(cls) if f.name == name).default_factory()
+            kwargs[name] = _build(hint, _merge(dataclasses.asdict(default), value, path), path)
+        else:
+            kwargs[name] = _coerce(hint, value, path)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: Any, where: str) -> dict:
+    if not isinstance(update, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(update).__name__}")
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, f"{where}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _coerce(hint, value, where):
+    """Accept YAML's int for a float field; reject everything else of the wrong type."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML reads "2e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    expected = {"float": float, "int": int, "str": str, "bool": bool, "list": list}.get(getattr(hint, "__name__", ""), None)
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def preset_path(preset: str) -> Path:
+    """Path of a preset by name (configs/<name>.yaml) or as given when it is a file."""
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        return candidate
+    path = CONFIGS_DIR / f"{preset}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset {preset!r}: choose one of {names} or pass a .yaml path")
+    return path
+
+
+def load_config(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
+    """Load a preset and apply overrides (nested dict; None values mean 'keep the preset')."""
+    path = preset_path(preset)
+    values = yaml.safe_load(path.read_text()) or {}
+    values.setdefault("preset", path.stem)
+    if overrides:
+        values = _merge(values, _drop_none(overrides), "overrides")
+    try:
+        return _build(RunConfig, values, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _drop_none(d: dict) -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def data_path(path: str) -> Path:
+    """Resolve a data path from a preset: absolute, relative to the repo, or a bare name in data/."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    from .paths import REPO_ROOT
+    if (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    return DATA_DIR / p.name if (DATA_DIR / p.name).exists() else REPO_ROOT / p
+
+
+def describe(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field: the documentation of what a preset may hold."""
+    rows = []
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.append((key, "", f.metadata.get("help", "")))
+            rows.extend(describe(hint, key + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((key, repr(default), f.metadata.get("help", "")))
+    return rows

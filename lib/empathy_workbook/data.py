@@ -1,0 +1,262 @@
+"""Phase 1: load Context/Response pairs, validate, clean, deduplicate, length-filter, split by question,
+and format them as TRL prompt/completion conversations in the model's own chat template."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .chat import prompt_completion, tokenize_prompt_completion
+
+FIELDS = ("Context", "Response")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file, the row and the field."""
+
+    def __init__(self, source: str, row: int | None, field_name: str | None, problem: str):
+        where = source if row is None else f"{source}, row {row}"
+        if field_name:
+            where += f", field {field_name!r}"
+        super().__init__(f"{where}: {problem}")
+        self.source, self.row, self.field, self.problem = source, row, field_name, problem
+
+
+@dataclass
+class Pair:
+    """One question/answer pair and where it came from (file and 1-based row)."""
+
+    context: str
+    response: str
+    source: str
+    row: int
+
+
+# ---------------------------------------------------------------- loading and validation
+
+def load_pairs(source: str, on_empty: str = "drop") -> list[Pair]:
+    """Read and validate a hub data set id or a local file.
+
+    A missing column, a missing or non-string value raise DataError naming file, row and field.
+    Empty strings are real in scraped data: with on_empty='drop' they are kept here and dropped (and
+    counted) by clean_pairs; with on_empty='error' they raise.
+    """
+    if on_empty not in ("drop", "error"):
+        raise ValueError("on_empty must be 'drop' or 'error'")
+    path = Path(source)
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        if not path.exists():
+            raise DataError(str(path), None, None, "file not found")
+        records = _read_local(path)
+        name = str(path)
+    else:
+        records = _read_hub(source)
+        name = source
+    return validate_records(records, name, on_empty)
+
+
+def _read_local(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".json" and text.lstrip().startswith("["):
+        return json.loads(text)
+    # .jsonl, and .json files that are really JSON lines (the Amod file is one of those)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataError(str(path), number, None, f"not valid JSON ({err.msg})") from None
+    return records
+
+
+def _read_hub(dataset_id: str) -> list[dict]:
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(dataset_id, split="train")
+    except Exception as err:  # offline, missing, or gated: say what to do instead
+        raise DataError(dataset_id, None, None,
+                        f"could not load from the hub ({type(err).__name__}: {err}); download the file "
+                        "elsewhere and point data.source at the local .json/.jsonl/.csv/.parquet") from None
+    return [dict(row) for row in dataset]
+
+
+def validate_records(records: list, source: str, on_empty: str = "drop") -> list[Pair]:
+    """Check every record has string Context and Response; rows are numbered from 1."""
+    if not records:
+        raise DataError(source, None, None, "no rows")
+    pairs = []
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(source, number, None, f"expected an object with {FIELDS}, got {type(record).__name__}")
+        for name in FIELDS:
+            if name not in record:
+                raise DataError(source, number, name, f"missing column (found {sorted(record)})")
+            value = record[name]
+            if value is None or (isinstance(value, float) and value != value):
+                raise DataError(source, number, name, "missing value")
+            if not isinstance(value, str):
+                raise DataError(source, number, name, f"expected text, got {type(value).__name__}")
+            if on_empty == "error" and not value.strip():
+                raise DataError(source, number, name, "empty text")
+        pairs.append(Pair(record["Context"], record["Response"], source, number))
+    return pairs
+
+
+# ---------------------------------------------------------------- cleaning
+
+HTML_BREAK = re.compile(r"<\s*(br|/p|p)\s*/?\s*>", re.IGNORECASE)
+HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][^<>]*>")
+# a lower-case letter, sentence punctuation, then straight into a capital: "night.Try" → "night. Try"
+MISSING_SPACE = re.compile(r"(?<=[a-z][.!?])(?=[A-Z][a-z])")
+SPACES = re.compile(r"[ \t\f\v]+")
+MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def fix_unicode(text: str) -> str:
+    """NFKC normalization: non-breaking spaces become spaces, compatibility characters their plain form."""
+    return unicodedata.normalize("NFKC", text).replace("\u200b", "")
+
+
+def strip_html(text: str) -> str:
+    text = HTML_BREAK.sub("\n", text)
+    return html.unescape(HTML_TAG.sub("", text))
+
+
+def fix_missing_space(text: str) -> str:
+    return MISSING_SPACE.sub(" ", text)
+
+
+def fix_whitespace(text: str) -> str:
+    lines = [SPACES.sub(" ", line).strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+CLEANING_RULES = (
+    ("unicode", fix_unicode),
+    ("html", strip_html),
+    ("missing_space", fix_missing_space),
+    ("whitespace", fix_whitespace),
+)
+
+
+def clean_text(text: str, counts: Counter | None = None) -> str:
+    """Apply every cleaning rule in order; count in `counts` each rule that changed the text."""
+    for name, rule in CLEANING_RULES:
+        cleaned = rule(text)
+        if counts is not None and cleaned != text:
+            counts[name] += 1
+        text = cleaned
+    return text
+
+
+@dataclass
+class CleanReport:
+    rule_counts: Counter = field(default_factory=Counter)  # fields changed per rule
+    dropped_empty: list = field(default_factory=list)  # (source, row)
+    dropped_duplicates: list = field(default_factory=list)
+
+
+def clean_pairs(pairs: list[Pair]) -> tuple[list[Pair], CleanReport]:
+    """Clean both fields, then drop empty pairs and exact duplicates (first occurrence kept)."""
+    report = CleanReport()
+    seen = set()
+    kept = []
+    for pair in pairs:
+        context = clean_text(pair.context, report.rule_counts)
+        response = clean_text(pair.response, report.rule_counts)
+        if not context or not response:
+            report.dropped_empty.append((pair.source, pair.row))
+            continue
+        key = (context, response)
+        if key in seen:
+            report.dropped_duplicates.append((pair.source, pair.row))
+            continue
+        seen.add(key)
+        kept.append(Pair(context, response, pair.source, pair.row))
+    return kept, report
+
+
+# ---------------------------------------------------------------- length filter and split
+
+def token_lengths(pairs: list[Pair], tokenizer, system_prompt: str) -> list[int]:
+    """Tokens of each rendered training example (system + question + answer + end token)."""
+    return [len(tokenize_prompt_completion(tokenizer, prompt_completion(system_prompt, p.context, p.response)["prompt"],
+                                           p.response)["input_ids"]) for p in pairs]
+
+
+def filter_by_length(pairs: list[Pair], lengths: list[int], max_tokens: int) -> tuple[list[Pair], list[Pair]]:
+    """(kept, dropped): pairs whose rendered example fits in max_tokens."""
+    kept = [p for p, n in zip(pairs, lengths) if n <= max_tokens]
+    dropped = [p for p, n in zip(pairs, lengths) if n > max_tokens]
+    return kept, dropped
+
+
+def question_key(context: str) -> str:
+    """The normalized question used to group answers: case, spacing and end punctuation ignored."""
+    text = unicodedata.normalize("NFKC", context).casefold()
+    return re.sub(r"\s+", " ", text).strip().rstrip(".?! ")
+
+
+def split_by_question(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded 90/10-style split where every answer to a question lands on the same side.
+
+    A row-level split would put other answers to the same validation question into training, so
+    validation loss would measure memorization. Groups are shuffled and moved to validation until
+    it holds about val_fraction of the rows.
+    """
+    groups: dict[str, list[Pair]] = defaultdict(list)
+    for pair in pairs:
+        groups[question_key(pair.context)].append(pair)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    target = round(val_fraction * len(pairs))
+    val_keys, val_rows = set(), 0
+    for key in keys:
+        size = len(groups[key])
+        if val_rows >= target:
+            break
+        if val_rows + size <= target or not val_keys:
+            val_keys.add(key)
+            val_rows += size
+    train = [p for p in pairs if question_key(p.context) not in val_keys]
+    val = [p for p in pairs if question_key(p.context) in val_keys]
+    return train, val
+
+
+def answers_per_question(pairs: list[Pair]) -> Counter:
+    """How many questions have 1, 2, 3 … answers."""
+    return Counter(Counter(question_key(p.context) for p in pairs).values())
+
+
+def to_records(pairs: list[Pair], system_prompt: str, split: str) -> list[dict]:
+    """TRL conversational prompt/completion records, plus where each row came from."""
+    records = []
+    for number, pair in enumerate(pairs):
+        record = prompt_completion(system_prompt, pair.context, pair.response)
+        record.update({"id": f"{split}-{number:05d}", "question_key": question_key(pair.context),
+                       "source": Path(pair.source).name, "source_row": pair.row})
+        records.append(record)
+    return records
+
+
+def word_count(text: str) -> int:
+    return len(text.split())

@@ -1,0 +1,180 @@
+"""Loading models and tokenizers for a preset, choosing the training backend, and batched generation.
+
+This is the only module that may import CUDA-only packages (Unsloth, bitsandbytes), and only after
+checking that CUDA is there: a CPU machine never imports them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chat import END_TOKEN, render_prompt
+from .config import TINY_MODEL, ModelConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a phase trains: which stack, on which device, at which precision, and why."""
+
+    name: str  # "unsloth", "transformers+peft" or "cpu"
+    device: str  # "cuda" or "cpu"
+    load_in_4bit: bool
+    precision: str  # "fp32", "fp16" or "bf16"
+    reason: str
+
+    def __str__(self) -> str:
+        quant = ", 4-bit base" if self.load_in_4bit else ""
+        return f"{self.name} on {self.device} ({self.precision}{quant}): {self.reason}"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def select_backend(model_cfg: ModelConfig, precision: str = "fp16") -> Backend:
+    """Pick Unsloth, transformers+PEFT or CPU from what this machine has; never imports CUDA-only code."""
+    if not cuda_available():
+        return Backend("cpu", "cpu", False, "fp32",
+                       "no CUDA device: transformers + PEFT in fp32, no quantization")
+    if precision == "bf16" or precision == "fp16":
+        import torch
+
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            precision = "fp16"
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if model_cfg.use_unsloth and has_unsloth:
+        return Backend("unsloth", "cuda", model_cfg.load_in_4bit, precision,
+                       "CUDA and Unsloth are installed")
+    why = "Unsloth disabled in the preset" if not model_cfg.use_unsloth else "Unsloth is not installed"
+    four_bit = model_cfg.load_in_4bit and has_bnb
+    if model_cfg.load_in_4bit and not has_bnb:
+        why += "; bitsandbytes missing, so the base stays 16-bit"
+    return Backend("transformers+peft", "cuda", four_bit, precision, f"CUDA; {why}")
+
+
+def resolve_model_path(name_or_path: str, log=print) -> str:
+    """'tiny' → the cached embedded model (built on first use); anything else is returned as is."""
+    if name_or_path == TINY_MODEL:
+        from .tiny import ensure_tiny
+
+        return str(ensure_tiny(log=log))
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token different from the end-of-turn token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
+                                              trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None or tokenizer.pad_token == END_TOKEN:
+        # Padding with the end token would teach the model that the end token is noise: it would never stop.
+        tokenizer.pad_token = "<|endoftext|>"
+    return tokenizer
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def load_causal_lm(name_or_path: str, device: str = "cpu", precision: str = "fp32",
+                   trust_remote_code: bool = False):
+    """A model for inference (no adapters, no quantization), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name_or_path), dtype=torch_dtype(precision),
+        trust_remote_code=trust_remote_code, use_safetensors=True,
+    )
+    return model.to(device).eval()
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an answer: the end-of-turn token and <|endoftext|>."""
+    ids = {tokenizer.convert_tokens_to_ids(END_TOKEN), tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    return sorted(i for i in ids if i is not None and i >= 0)
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], sampling: SamplingConfig,
+             repetition_penalty: float | None = None, progress: bool = True, desc: str = "generating") -> list[dict]:
+    """Answer each conversation (a list of prompt messages) with seeded, batched, left-padded sampling.
+
+    Prompts are bucketed by length so a batch holds prompts of similar size (less padding); results
+    come back in the input order. Each result: text, ended_on_eos, new_tokens.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    prompts = [render_prompt(tokenizer, messages) for messages in conversations]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    stops = stop_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    results: list[dict | None] = [None] * len(prompts)
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    batches = [order[i:i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
+    try:
+        for number, batch in enumerate(tqdm(batches, desc=desc, disable=not progress)):
+            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+            torch.manual_seed(sampling.seed + number)  # each batch reproducible on its own
+            greedy = sampling.temperature == 0
+            with torch.no_grad():
+                output = model.generate(
+                    **encoded, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+                    temperature=None if greedy else sampling.temperature,
+                    top_p=None if greedy else sampling.top_p,
+                    top_k=None if greedy or not sampling.top_k else sampling.top_k,
+                    repetition_penalty=repetition_penalty or sampling.repetition_penalty,
+                    eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                )
+            new = output[:, encoded["input_ids"].shape[1]:]
+            for row, index in enumerate(batch):
+                ids = new[row].tolist()
+                ended = any(t in stops for t in ids)
+                if ended:
+                    ids = ids[: min(ids.index(t) for t in stops if t in ids)]
+                results[index] = {
+                    "text": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    "ended_on_eos": ended,
+                    "new_tokens": len(ids),
+                }
+    finally:
+        tokenizer.padding_side = previous_side
+    return results  # type: ignore[return-value]
+
+
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, resident-set peak on CPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Timer:
+    """Wall time of a phase: `with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False
+
+
+def model_dir_ok(path: Path) -> bool:
+    return (Path(path) / "config.json").exists() and any(Path(path).glob("*.safetensors"))
