@@ -260,3 +260,25 @@ def to_records(pairs: list[Pair], system_prompt: str, split: str) -> list[dict]:
 
 def word_count(text: str) -> int:
     return len(text.split())
+
+
+def prepare_records(cfg, tokenizer, resolve=None) -> tuple[list[dict], list[dict], dict]:
+    """The whole phase in one call (tests and scripts; the notebook runs the steps one by one to show them).
+
+    cfg is a DataConfig; resolve maps a preset path to a local path (default: config.data_path).
+    Returns (train_records, val_records, counts).
+    """
+    from .config import data_path
+
+    resolve = resolve or (lambda src: str(data_path(src)) if data_path(src).exists() else src)
+    pairs = []
+    for src in [cfg.source, *cfg.mix_in]:
+        pairs += load_pairs(resolve(src))
+    loaded = len(pairs)
+    pairs, report = clean_pairs(pairs)
+    pairs, too_long = filter_by_length(pairs, token_lengths(pairs, tokenizer, cfg.system_prompt), cfg.max_tokens)
+    train, val = split_by_question(pairs, cfg.val_fraction, cfg.seed)
+    counts = {"loaded": loaded, "dropped_empty": len(report.dropped_empty),
+              "dropped_duplicates": len(report.dropped_duplicates), "dropped_too_long": len(too_long),
+              "train": len(train), "val": len(val)}
+    return to_records(train, cfg.system_prompt, "train"), to_records(val, cfg.system_prompt, "val"), counts

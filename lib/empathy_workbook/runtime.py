@@ -1,0 +1,140 @@
+"""The phase contract every notebook follows: one setup call at the top, one finish call at the end.
+
+    ctx = start_phase("sft", preset, run_name, overrides)   # seeds, plot style, run folders, config.json
+    ...                                                     # explain → call lib → show
+    finish_phase(ctx, metrics)                              # metrics.json with the phase fingerprint
+
+A phase reads only what earlier phases wrote under artifacts/runs/<run>/ and writes only its own
+folder. Its fingerprint hashes its config sections, the fingerprints of the phases it reads and the
+project version, so the runner can skip a phase whose inputs did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .config import RunConfig, load_config
+from .io import read_json, sha256_text, write_json, write_metrics
+from .paths import RunPaths
+
+# Which earlier phases each phase reads, and which config sections shape it.
+PHASE_INPUTS = {
+    "data": [],
+    "sft": ["data"],
+    "preferences": ["data", "sft"],
+    "dpo": ["data", "sft", "preferences"],
+    "export": ["data", "dpo"],
+    "eval": ["data", "sft", "dpo", "export"],
+}
+PHASE_SECTIONS = {
+    "data": ["model", "data"],
+    "sft": ["model", "sft"],
+    "preferences": ["preferences"],
+    "dpo": ["model", "dpo"],
+    "export": ["export"],
+    "eval": ["model", "eval"],
+}
+NOTEBOOKS = {
+    "data": "00_prepare_data.ipynb",
+    "sft": "01_sft_lora.ipynb",
+    "preferences": "02_preference_pairs.ipynb",
+    "dpo": "03_dpo.ipynb",
+    "export": "04_export_gguf.ipynb",
+    "eval": "05_evaluate.ipynb",
+}
+
+
+@dataclass
+class PhaseContext:
+    """What a notebook holds between start_phase and finish_phase."""
+
+    phase: str
+    cfg: RunConfig
+    paths: RunPaths
+    out: Path  # this phase's folder
+    fingerprint: str
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def figures(self) -> Path:
+        return self.paths.figures(self.phase)
+
+    def input_dir(self, phase: str) -> Path:
+        """Folder of an earlier phase, checked to be finished (its metrics.json exists)."""
+        if phase not in PHASE_INPUTS[self.phase]:
+            raise ValueError(f"phase {self.phase!r} does not read {phase!r} (see PHASE_INPUTS)")
+        folder = self.paths.root / phase
+        if not (folder / "metrics.json").exists():
+            raise FileNotFoundError(
+                f"{folder}/metrics.json is missing: run notebook {NOTEBOOKS[phase]} for run "
+                f"{self.paths.root.name!r} first")
+        return folder
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plot_style() -> None:
+    """Small, readable figures (the style guide's ≈5×3 in)."""
+    import matplotlib
+
+    matplotlib.rcParams.update({"figure.figsize": (5, 3), "figure.dpi": 100, "axes.grid": True,
+                                "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def phase_fingerprint(phase: str, cfg: RunConfig, paths: RunPaths) -> str:
+    """Hash of the phase's config sections, its inputs' fingerprints and the project version."""
+    upstream = {}
+    for name in PHASE_INPUTS[phase]:
+        metrics = paths.root / name / "metrics.json"
+        upstream[name] = read_json(metrics).get("_fingerprint") if metrics.exists() else None
+    payload = {"phase": phase, "version": __version__, "upstream": upstream,
+               "config": {s: cfg.section(s) for s in PHASE_SECTIONS[phase]}}
+    return sha256_text(json.dumps(payload, sort_keys=True))[:16]
+
+
+def start_phase(phase: str, preset: str = "tiny", run_name: str = "demo", overrides: dict | None = None,
+                artifacts: Path | None = None) -> PhaseContext:
+    """Load the config, seed everything, set the plot style, create the run folders."""
+    cfg = load_config(preset, overrides)
+    paths = RunPaths.for_run(run_name, artifacts)
+    out = paths.phase(phase)
+    write_json(out / "config.json", cfg.to_dict())
+    if phase == "data":
+        write_json(paths.config_json, cfg.to_dict())
+    seed_everything(cfg.seed)
+    plot_style()
+    ctx = PhaseContext(phase, cfg, paths, out, phase_fingerprint(phase, cfg, paths))
+    print(f"phase {phase!r} | preset {cfg.preset!r} | run folder {paths.root}")
+    return ctx
+
+
+def finish_phase(ctx: PhaseContext, metrics: dict) -> dict:
+    """Write metrics.json (with wall time, peak memory and the fingerprint) and print a summary."""
+    from .models import peak_memory_mb
+
+    metrics = dict(metrics)
+    metrics.setdefault("seconds", round(time.perf_counter() - ctx.started, 2))
+    device = "cuda" if _cuda_in_use() else "cpu"
+    metrics.setdefault("peak_memory_mb", round(peak_memory_mb(device), 1))
+    write_metrics(ctx.out, metrics, ctx.fingerprint)
+    print(f"phase {ctx.phase!r} done in {metrics['seconds']:.1f} s, peak memory {metrics['peak_memory_mb']:.0f} MB "
+          f"→ {ctx.out / 'metrics.json'}")
+    return metrics
+
+
+def _cuda_in_use() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0

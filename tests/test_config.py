@@ -1,0 +1,87 @@
+"""Presets load into validated dataclasses; bad keys and values fail with a message naming them."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from empathy_workbook.config import ConfigError, RunConfig, describe, load_config
+from empathy_workbook.paths import REPO_ROOT
+
+
+def test_tiny_preset_is_the_cpu_default():
+    cfg = load_config("tiny")
+    assert cfg.model.name_or_path == "tiny"
+    assert cfg.preferences.judge.backend == "rubric"
+    assert cfg.preset == "tiny"
+
+
+def test_seed_preset_has_the_design_values():
+    cfg = load_config("qwen3-0.6b")
+    assert cfg.model.name_or_path == "Qwen/Qwen3-0.6B" and cfg.model.load_in_4bit
+    assert cfg.data.source == "Amod/mental_health_counseling_conversations"
+    assert cfg.data.val_fraction == 0.1
+    lora = cfg.sft.lora
+    assert (lora.r, lora.alpha, lora.dropout) == (16, 16, 0.0)
+    assert lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    t = cfg.sft.train
+    assert (t.epochs, t.learning_rate, t.batch_size, t.grad_accum, t.warmup_ratio) == (3, 2e-4, 4, 4, 0.03)
+    assert (t.optim, t.precision) == ("adamw_8bit", "fp16")
+    assert cfg.preferences.sampling.temperature == 1.5 and cfg.preferences.gap == 2
+    assert cfg.preferences.judge.model == "Qwen/Qwen3-4B"
+    d = cfg.dpo
+    assert (d.train.epochs, d.train.learning_rate, d.beta, d.train.batch_size, d.train.grad_accum) == (1, 5e-5, 0.1, 2, 8)
+    assert cfg.export.quants == ["Q4_K_M"]
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"sft": {"train": {"epochz": 2}}}))
+    with pytest.raises(ConfigError, match=r"sft\.train\.epochz"):
+        load_config(str(bad))
+
+
+def test_impossible_value_says_what_to_change():
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config("tiny", {"data": {"val_fraction": 0.9}})
+    with pytest.raises(ConfigError, match="judge.model"):
+        load_config("tiny", {"preferences": {"judge": {"backend": "transformers", "model": ""}}})
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config("tiny", {"sft": {"train": {"batch_size": "four"}}})
+
+
+def test_none_overrides_keep_the_preset():
+    assert load_config("tiny", {"data": {"max_tokens": None}}).data.max_tokens == load_config("tiny").data.max_tokens
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config("no-such-preset")
+
+
+def test_every_field_is_documented():
+    assert all(help_text for _, _, help_text in describe(RunConfig))
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"]) \
+        | set(project["optional-dependencies"]["lab"])
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert set(pip_section) == wanted
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_gitignore_keeps_lib_and_ignores_artifacts():
+    import subprocess
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT).returncode == 0
+
+    assert not ignored("lib/empathy_workbook/config.py")
+    assert ignored("artifacts/runs/x/metrics.json")
