@@ -104,6 +104,7 @@ class TrainConfig:
     early_stopping_patience: int = _help("stop after N evaluations without improvement (0 = never)", 3)
     logging_steps: int = _help("log the training loss every N updates", 1)
     seed: int = _help("training seed", 42)
+    gradient_checkpointing: bool = _help("recompute activations in the backward pass: less memory, ~20-30 % slower", True)
 
     def __post_init__(self):
         _require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be positive")
@@ -112,6 +113,11 @@ class TrainConfig:
         _require(self.precision in ("fp32", "fp16", "bf16"), f"precision={self.precision!r}: use fp32, fp16 or bf16")
         _require(0.0 <= self.warmup_ratio < 0.5, f"warmup_ratio={self.warmup_ratio}: use a value in [0, 0.5)")
         _require(self.eval_steps >= 1 and self.save_steps >= 1, "eval_steps and save_steps must be >= 1")
+        _require(self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0 (0 = never stop early)")
+        # the best checkpoint is kept by evaluation; it must be one that was saved
+        _require(self.save_steps % self.eval_steps == 0,
+                 f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps} "
+                 "(the best checkpoint is chosen at evaluations)")
 
 
 @dataclass
@@ -138,6 +144,9 @@ class SFTConfig:
     train: TrainConfig = _help("optimizer and schedule", factory=TrainConfig)
     spot_check_prompts: int = _help("validation prompts answered by base and SFT side by side", 5)
     spot_check: SamplingConfig = _help("sampling for the side-by-side check", factory=SamplingConfig)
+
+    def __post_init__(self):
+        _require(self.spot_check_prompts >= 1, "sft.spot_check_prompts must be >= 1")
 
 
 @dataclass
@@ -167,11 +176,20 @@ class PreferenceConfig:
     judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
     gap: float = _help("keep pairs with chosen - rejected >= gap", 2.0)
     max_prompts: int = _help("use at most this many training prompts (-1 = all)", -1)
+    max_val_prompts: int = _help("validation prompts that get pairs too, for DPO's held-out check (-1 = all)", -1)
 
     def __post_init__(self):
-        for name in ("truncate_rate", "drop_first_sentence_rate", "low_repetition_penalty_rate"):
+        rates = ("truncate_rate", "drop_first_sentence_rate", "low_repetition_penalty_rate")
+        for name in rates:
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"preferences.{name}={value}: use a value in [0, 1]")
+        # each rejected answer gets at most one degradation, so the shares must fit in one whole
+        total = sum(getattr(self, name) for name in rates)
+        _require(total <= 1.0 + 1e-9, f"preferences: the degradation rates add up to {total:g}; they are shares "
+                                      "of the rejected answers and must add up to at most 1")
+        for name in ("max_prompts", "max_val_prompts"):
+            value = getattr(self, name)
+            _require(value == -1 or value >= 1, f"preferences.{name}={value}: use -1 (all) or at least 1")
         _require(0 < self.low_repetition_penalty < 1.0, "preferences.low_repetition_penalty must be in (0, 1)")
         _require(self.gap >= 0, "preferences.gap must be >= 0")
 
@@ -184,9 +202,14 @@ class DPOConfig:
     beta: float = _help("strength of the pull toward the reference (0.01-0.5)", 0.1)
     loss_type: str = _help("TRL DPO loss: 'sigmoid' (the DPO paper), 'ipo', 'hinge', ...", "sigmoid")
     heldout_fraction: float = _help("share of pairs (from validation prompts) kept for evaluation", 0.1)
+    spot_check_prompts: int = _help("validation prompts answered by SFT and DPO side by side", 5)
+    spot_check: SamplingConfig = _help("sampling for the side-by-side check", factory=SamplingConfig)
 
     def __post_init__(self):
         _require(self.beta > 0, f"dpo.beta={self.beta} must be positive")
+        _require(0.0 < self.heldout_fraction < 0.5,
+                 f"dpo.heldout_fraction={self.heldout_fraction}: use a value in (0, 0.5)")
+        _require(self.spot_check_prompts >= 1, "dpo.spot_check_prompts must be >= 1")
 
 
 @dataclass
@@ -196,11 +219,20 @@ class ExportConfig:
     parity_prompts: int = _help("prompts checked for greedy parity (transformers vs F16 GGUF)", 4)
     parity_tokens: int = _help("first K greedy tokens that must match", 16)
     n_threads: int = _help("llama.cpp threads (0 = all cores)", 0)
+    answer_prompts: int = _help("validation prompts answered by F16 and the phone file side by side", 3)
+    chat_max_tokens: int = _help("token budget of the chat completion that must end on <|im_end|>", 96)
+    sampling: SamplingConfig = _help("sampling of the side-by-side answers (Qwen's non-thinking settings)",
+                                     factory=lambda: SamplingConfig(max_new_tokens=120))
 
     def __post_init__(self):
         allowed = {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}
         bad = [q for q in self.quants if q not in allowed]
         _require(not bad, f"export.quants has {bad}: choose from {sorted(allowed)}")
+        _require(len(self.quants) > 0, f"export.quants is empty: list at least one of {sorted(allowed)} (Q4_K_M for phones)")
+        _require(len(set(self.quants)) == len(self.quants), f"export.quants lists a format twice: {self.quants}")
+        for name in ("kld_max_texts", "parity_prompts", "parity_tokens", "answer_prompts", "chat_max_tokens"):
+            _require(getattr(self, name) >= 1, f"export.{name}={getattr(self, name)}: use at least 1")
+        _require(self.n_threads >= 0, f"export.n_threads={self.n_threads}: use 0 (all cores) or a positive count")
 
 
 @dataclass
@@ -210,6 +242,16 @@ class EvalConfig:
     sampling: SamplingConfig = _help("the same seeded sampling for every model", factory=SamplingConfig)
     word_budget: int = _help("longest answer (words) that still reads well on a phone", 150)
     judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+    confidence: float = _help("coverage of the bootstrap confidence intervals of mean scores (0.8-0.99)", 0.95)
+    bootstrap_samples: int = _help("resamples drawn for each confidence interval", 2000)
+    n_threads: int = _help("llama.cpp threads for the GGUF answers and chat (0 = all cores)", 0)
+
+    def __post_init__(self):
+        _require(self.val_prompts >= 1, f"eval.val_prompts={self.val_prompts}: use at least 1")
+        _require(self.word_budget >= 10, f"eval.word_budget={self.word_budget}: use at least 10 words")
+        _require(0.5 < self.confidence < 1.0, f"eval.confidence={self.confidence}: use a value in (0.5, 1), e.g. 0.95")
+        _require(self.bootstrap_samples >= 100, f"eval.bootstrap_samples={self.bootstrap_samples}: use at least 100")
+        _require(self.n_threads >= 0, f"eval.n_threads={self.n_threads}: use 0 (all cores) or a positive count")
 
 
 @dataclass

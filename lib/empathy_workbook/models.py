@@ -178,3 +178,69 @@ class Timer:
 
 def model_dir_ok(path: Path) -> bool:
     return (Path(path) / "config.json").exists() and any(Path(path).glob("*.safetensors"))
+
+
+# --- Training-time loading (CUDA-only imports stay inside these functions, after the backend check) ---
+
+def import_unsloth():
+    """Import Unsloth; it patches transformers, TRL and PEFT, so it must come before them."""
+    import sys
+    import warnings
+
+    late = [name for name in ("transformers", "trl", "peft") if name in sys.modules]
+    if late:
+        warnings.warn(f"Unsloth is imported after {late}: some of its speed-ups may not apply. Restart the "
+                      "kernel and run the notebook from the top so the backend cell runs first.")
+    import unsloth
+
+    return unsloth
+
+
+def four_bit_config(precision: str):
+    """bitsandbytes NF4 settings of QLoRA: 4-bit storage, 16-bit compute, quantized quantization constants."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch_dtype(precision))
+
+
+def load_training_base(name_or_path: str, backend: Backend, max_length: int, trust_remote_code: bool = False,
+                       gradient_checkpointing: bool = True):
+    """The base model to put a LoRA on, as the backend wants it.
+
+    cpu: fp32, no quantization. transformers+peft: 16-bit on the GPU, or 4-bit through bitsandbytes when the
+    backend says so. unsloth: Unsloth's loader (4-bit when asked); attach its adapter with add_unsloth_lora.
+    """
+    path = resolve_model_path(name_or_path)
+    if backend.name == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=max_length, dtype=torch_dtype(backend.precision),
+            load_in_4bit=backend.load_in_4bit, trust_remote_code=trust_remote_code)
+        return model
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch_dtype(backend.precision), "trust_remote_code": trust_remote_code,
+              "use_safetensors": True}
+    if backend.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+        if backend.load_in_4bit:
+            kwargs["quantization_config"] = four_bit_config(backend.precision)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if backend.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # norms in fp32 and input gradients on, so the adapter learns through the frozen 4-bit layers
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def add_unsloth_lora(model, r: int, alpha: int, dropout: float, target_modules: list, seed: int,
+                     gradient_checkpointing: bool = True):
+    """Attach a LoRA adapter the Unsloth way (its fused kernels need its own wrapper)."""
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.get_peft_model(
+        model, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none",
+        use_gradient_checkpointing="unsloth" if gradient_checkpointing else False, random_state=seed)

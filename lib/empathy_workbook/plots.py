@@ -39,15 +39,19 @@ def history_series(log_history: list[dict], key: str) -> tuple[list[int], list[f
 
 
 def plot_history(log_history: list[dict], keys: Sequence[str], ax=None, smoothing: float = 0.0,
-                 title: str = "", ylabel: str = "value", labels: Sequence[str] | None = None):
-    """Any log_history series against the optimizer step: losses, reward margins, accuracies."""
+                 title: str = "", ylabel: str = "value", labels: Sequence[str] | None = None,
+                 raw_keys: Sequence[str] = ()):
+    """Any log_history series against the optimizer step: losses, reward margins, accuracies.
+
+    raw_keys are drawn unsmoothed (e.g. sparse evaluations, where an average would lag behind).
+    """
     ax = _axes(ax)
     for i, key in enumerate(keys):
         steps, values = history_series(log_history, key)
         if not steps:
             continue
         label = labels[i] if labels else key
-        if smoothing and len(values) > 2:
+        if smoothing and len(values) > 2 and key not in raw_keys:
             ax.plot(steps, values, alpha=0.25, color=f"C{i}")
             values = smooth(values, smoothing)
         ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=label, color=f"C{i}")

@@ -1,0 +1,165 @@
+"""Benchmark (not a test): judge scoring with a random-weight Qwen3-4B shape — a long prompt pass
+(rubric + question + answer) followed by a short JSON answer.
+
+On CUDA the full 36-layer model runs in bf16 (~8 GB of weights). On a CPU the 36-layer model in fp32
+would need ~16 GB, so this measures the exact 4B layer shape with fewer decoder layers (default 2
+and 4; each count in its own process so the memory peaks stay separate) and extrapolates linearly in
+the layer count to 36: time(L) = a + b·L, where a is the embedding/LM-head/sampling cost and b one
+layer. Extrapolated rows are labelled as such.
+
+    .venv/bin/python bench/bench_judge.py --cpu-small                # layers 2 and 4, then extrapolate
+    .venv/bin/python bench/bench_judge.py --layers-list 36           # CUDA: the whole model
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# A judge answer in the format judges.py asks for; its Qwen3 token count (+ <|im_end|>) sets the
+# default generation length.
+EXAMPLE_JSON = '{"acknowledgment": 7, "validation": 6, "warmth": 8, "actionability": 5, "safety": 9, "overall": 7}'
+
+
+def real_judge_prompt_tokens(tokenizer) -> int | None:
+    """Median token count of the project's real judge prompt (judges.judge_messages, chat template,
+    generation prompt) for corpus questions and their answers; None when judges.py is not there."""
+    try:
+        from common import corpus_records
+        from empathy_workbook.chat import render_prompt
+        from empathy_workbook.judges import judge_messages
+    except ImportError:
+        return None
+    train, _, _ = corpus_records(tokenizer)
+    lengths = sorted(len(tokenizer(render_prompt(tokenizer, judge_messages(r["prompt"][-1]["content"],
+                                                                            r["completion"][0]["content"])),
+                                   add_special_tokens=False)["input_ids"]) for r in train)
+    return lengths[len(lengths) // 2]
+
+
+def parse_args(argv=None):
+    from common import cli
+
+    parser = cli(__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen3-4b")
+    parser.add_argument("--layers", type=int, help="run one layer count in this process")
+    parser.add_argument("--layers-list", help="layer counts, each in a subprocess (default: 2,4 on CPU, 36 on CUDA)")
+    parser.add_argument("--dtype", help="default fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--batch", type=int, help="responses scored together (default 2 CPU, 8 CUDA = JudgeConfig)")
+    parser.add_argument("--prompt-len", type=int, help="judge prompt tokens (default 384 CPU, 704 CUDA ≈ the real judge prompt)")
+    parser.add_argument("--new-tokens", type=int, help="JSON answer tokens (default: the example answer's length)")
+    return parser.parse_args(argv)
+
+
+def measure(args, device: str) -> dict:
+    """One layer count: prefill seconds, decode seconds per step, peak memory."""
+    import common
+    from bench_generate import ForwardClock
+    from common import build_model, qwen_tokenizer, random_token_rows
+
+    import torch
+
+    common.mark_imports_done()
+    common.reset_peak(device)
+    tokenizer, _ = qwen_tokenizer(log=common.log)
+    new_tokens = args.new_tokens or len(tokenizer(EXAMPLE_JSON)["input_ids"]) + 1  # + <|im_end|>
+    model = build_model(args.shape, args.layers, args.dtype, device).eval()
+    clock = ForwardClock(model, device)
+    ids = torch.tensor(random_token_rows(args.batch, args.prompt_len), device=device)
+    generate = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.1, top_p=1.0, top_k=0,
+                    min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=common.PAD_ID)
+    with torch.no_grad():
+        model.generate(ids[:, :16], **{**generate, "attention_mask": torch.ones_like(ids[:, :16]),
+                                       "min_new_tokens": 2, "max_new_tokens": 2})  # warm-up
+        clock.calls.clear()
+        with common.timed(device) as t:
+            model.generate(ids, **generate)
+    prefill, decode, steps = clock.split()
+    return {"layers": args.layers, "real_judge_prompt_tokens": real_judge_prompt_tokens(tokenizer), "wall_s": t["s"], "prefill_s": prefill, "decode_s": decode, "decode_steps": steps,
+            "new_tokens": new_tokens, **common.peak_memory(device), **common.memory_notes(device)}
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares line y = a + b x."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def rows_from(measured: list[dict], args, device: str) -> list:
+    import common
+    from common import Row
+
+    full = common.SHAPES[args.shape]["num_hidden_layers"]
+    tokens = args.batch * args.prompt_len
+    rows = []
+
+    def row(m, extrapolated=False, note=None):
+        per_step = m["decode_s"] / m["decode_steps"]
+        return Row(stage="judge", what=f"prompt {args.prompt_len} tok + {m['new_tokens']}-token JSON",
+                   shape=args.shape, layers=m["layers"], dtype=args.dtype, device=device, batch=args.batch,
+                   seq_len=args.prompt_len, tokens_per_s=args.batch / (m["prefill_s"] + m["decode_s"]),
+                   unit="responses/s", seconds_per_step=per_step, peak_mem_mb=m["peak_mem_mb"],
+                   mem_kind=m["mem_kind"], extrapolated=extrapolated,
+                   extra={"prefill_s": m["prefill_s"], "prefill_tok_s": tokens / m["prefill_s"],
+                          "decode_tok_s": args.batch / per_step, "decode_steps": m["decode_steps"],
+                          "real_judge_prompt_tokens": m.get("real_judge_prompt_tokens"),
+                          **({"note": note} if note else {}),
+                          **{k: m[k] for k in ("import_rss_mb", "peak_reserved_mb") if k in m}})
+
+    rows += [row(m) for m in measured]
+    if len(measured) >= 2 and all(m["layers"] != full for m in measured):
+        xs = [m["layers"] for m in measured]
+        guess = {"layers": full, "new_tokens": measured[0]["new_tokens"], "mem_kind": measured[0]["mem_kind"],
+                 "real_judge_prompt_tokens": measured[0].get("real_judge_prompt_tokens"),
+                 "decode_steps": measured[0]["decode_steps"]}
+        for key in ("prefill_s", "decode_s", "peak_mem_mb"):
+            a, b = fit(xs, [m[key] for m in measured])
+            guess[key] = a + b * full
+            guess[f"{key}_per_layer"] = b
+        note = (f"linear fit over {xs} layers extrapolated to {full}; per layer: prefill "
+                f"{guess['prefill_s_per_layer']:.3f} s, decode {guess['decode_s_per_layer'] / guess['decode_steps']:.4f} "
+                f"s/step, memory {guess['peak_mem_mb_per_layer']:.0f} MiB")
+        rows.append(row(guess, extrapolated=True, note=note))
+    return rows
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import common
+
+    device = "cuda" if common.cuda_available() else "cpu"
+    args.dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
+    args.batch = args.batch or (8 if device == "cuda" else 2)
+    args.prompt_len = args.prompt_len or (704 if device == "cuda" else 384)
+    if args.layers is not None:  # child process: one layer count
+        result = measure(args, device)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result))
+        else:
+            print(json.dumps(result))
+        return
+    counts = [int(x) for x in (args.layers_list or ("36" if device == "cuda" else "2,4")).split(",")]
+    measured = []
+    with tempfile.TemporaryDirectory(prefix="bench-judge-") as work:
+        for layers in counts:
+            out = Path(work) / f"judge-{layers}.json"
+            cmd = [sys.executable, __file__, "--layers", str(layers), "--json-out", str(out), "--dtype", args.dtype,
+                   "--batch", str(args.batch), "--prompt-len", str(args.prompt_len), "--shape", args.shape]
+            if args.new_tokens:
+                cmd += ["--new-tokens", str(args.new_tokens)]
+            common.log(f"judge: {args.shape} with {layers} layers, batch {args.batch}, prompt {args.prompt_len} …")
+            subprocess.run(cmd, check=True)
+            measured.append(json.loads(out.read_text()))
+    common.emit(rows_from(measured, args, device), args.json_out,
+                meta={"extrapolation": "time and memory linear in the layer count" if len(counts) > 1 else None})
+
+
+if __name__ == "__main__":
+    main()

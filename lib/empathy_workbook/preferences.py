@@ -1,0 +1,510 @@
+"""Phase 3: preference pairs for DPO.
+
+chosen = the human answer from the data set; rejected = an answer sampled from the SFT model at a high
+temperature (realistic but a little off), optionally degraded on purpose. A judge scores every answer
+on its own; a pair is kept when chosen - rejected >= gap. The design document expects 60-80 % of pairs
+to survive; `retention_advice` says what to change when a run falls outside that range.
+
+Generation appends to candidates.jsonl as it goes, so an interrupted run resumes where it stopped, and
+the judge caches its scores, so a re-run costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .chat import has_think_leak
+from .config import PreferenceConfig
+from .io import append_jsonl, iter_jsonl, sha256_text, write_jsonl
+from .models import generate
+
+DEGRADATIONS = ("none", "truncate", "drop_first_sentence", "low_repetition_penalty")
+TRUNCATE_FRACTION = 0.7  # the design document's "truncate at 70 % of the length"
+RETENTION_RANGE = (0.6, 0.8)  # the design document's expected share of pairs that survive the gap filter
+CHUNK_BATCHES = 4  # batches generated between two appends to candidates.jsonl (what a crash can lose)
+SENTENCE_BREAK = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+
+
+# ---------------------------------------------------------------------------------------------
+# Degradations
+# ---------------------------------------------------------------------------------------------
+
+def truncate_text(text: str, fraction: float = TRUNCATE_FRACTION) -> str:
+    """The longest run of whole words from the start that fits in `fraction` of the text's length.
+
+    The answer stops abruptly, as the design document intends. When even the first word is longer
+    than that, the first word alone is kept (a cut inside a word would be a different defect).
+    """
+    text = text.strip()
+    limit = math.floor(len(text) * fraction)
+    words = list(re.finditer(r"\S+", text))
+    ends = [m.end() for m in words if m.end() <= limit]
+    if not words:
+        return ""
+    return text[: ends[-1] if ends else words[0].end()]
+
+
+def drop_first_sentence(text: str) -> str:
+    """The text without its first sentence (where acknowledgment usually sits); unchanged if it has only one."""
+    parts = SENTENCE_BREAK.split(text.strip(), maxsplit=1)
+    if len(parts) < 2 or not parts[1].strip():
+        return text.strip()
+    return parts[1].strip()
+
+
+def apply_degradation(text: str, degradation: str) -> str:
+    """The sampled text after a text-level degradation (the repetition penalty acts at sampling time)."""
+    if degradation not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {degradation!r}: one of {DEGRADATIONS}")
+    if degradation == "truncate":
+        return truncate_text(text)
+    if degradation == "drop_first_sentence":
+        return drop_first_sentence(text)
+    return text.strip()
+
+
+def assign_degradation(row_id: str, cfg: PreferenceConfig, seed: int) -> str:
+    """The degradation of one row, drawn once from its id and the seed (stable across resumes and orders).
+
+    The rates are shares of rows and are mutually exclusive: with rates 0.2/0.2/0.2, 40 % stay plain samples.
+    """
+    u = random.Random(f"{seed}:{row_id}").random()
+    edge = 0.0
+    for name, rate in (("truncate", cfg.truncate_rate), ("drop_first_sentence", cfg.drop_first_sentence_rate),
+                       ("low_repetition_penalty", cfg.low_repetition_penalty_rate)):
+        edge += rate
+        if u < edge:
+            return name
+    return "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt choice and generation
+# ---------------------------------------------------------------------------------------------
+
+def choose_records(records: list[dict], max_n: int, seed: int) -> list[dict]:
+    """At most max_n records (-1 = all), a seeded choice kept in file order."""
+    if max_n < 0 or max_n >= len(records):
+        return list(records)
+    picked = set(random.Random(seed).sample(range(len(records)), max_n))
+    return [r for i, r in enumerate(records) if i in picked]
+
+
+def question(record: dict) -> str:
+    """The user's question of a prompt/completion record (the last prompt message)."""
+    return record["prompt"][-1]["content"]
+
+
+def settings_key(cfg: PreferenceConfig, model_id: str) -> str:
+    """Hash of everything that shapes a candidate: the model, the sampling and the degradation rates."""
+    payload = {"model": model_id, "sampling": asdict(cfg.sampling), "truncate": cfg.truncate_rate,
+               "drop_first": cfg.drop_first_sentence_rate, "low_rep_rate": cfg.low_repetition_penalty_rate,
+               "low_rep": cfg.low_repetition_penalty}
+    return sha256_text(repr(sorted(payload.items())))[:16]
+
+
+def read_candidates(path: Path, settings: str, log=print) -> list[dict]:
+    """Rows already generated with these settings; rows from other settings are removed from the file."""
+    path = Path(path)
+    rows = list(iter_jsonl(path))
+    fresh = [r for r in rows if r.get("settings") == settings]
+    if len(fresh) != len(rows):
+        log(f"{path.name}: {len(rows) - len(fresh)} rows came from other settings (model, sampling or "
+            "degradation rates changed) and will be generated again")
+        write_jsonl(path, fresh)
+    elif path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        # a crash cut the last line short: drop it now, or the next append would glue onto it
+        log(f"{path.name}: dropping a line cut short by an interrupted run")
+        write_jsonl(path, fresh)
+    return fresh
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _split_seed(seed: int, split: str) -> int:
+    return seed + (0 if split == "train" else 100_003)
+
+
+def generate_candidates(model, tokenizer, records: list[dict], cfg: PreferenceConfig, path: Path, split: str,
+                        settings: str, progress: bool = True, log=print) -> list[dict]:
+    """Sample one rejected answer per record (appending to `path`), skipping records already done.
+
+    Work is cut into chunks of CHUNK_BATCHES batches, formed from ALL records sorted by prompt length,
+    and chunk c is sampled with seed + 1000 * c: a resumed run samples the same way as an uninterrupted
+    one. Rows drawn for the low repetition penalty are sampled in their own batches with that penalty.
+    Returns this split's rows in the order of `records`.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    done = {r["id"]: r for r in read_candidates(path, settings, log=log) if r["split"] == split}
+    seed = _split_seed(cfg.sampling.seed, split)
+    ordered = sorted(records, key=lambda r: (len(question(r)) + len(r["prompt"][0]["content"]), r["id"]))
+    chunks = _chunks(ordered, cfg.sampling.batch_size * CHUNK_BATCHES)
+    todo = sum(r["id"] not in done for r in records)
+    if len(done):
+        log(f"{split}: {len(done)} of {len(records)} answers already in {path.name}; generating {todo}")
+    with tqdm(total=todo, desc=f"sampling rejected answers ({split})", disable=not progress or not todo) as bar:
+        for number, chunk in enumerate(chunks):
+            pending = [r for r in chunk if r["id"] not in done]
+            if not pending:
+                continue
+            plan = {r["id"]: assign_degradation(r["id"], cfg, cfg.sampling.seed) for r in pending}
+            groups = {
+                None: [r for r in pending if plan[r["id"]] != "low_repetition_penalty"],
+                cfg.low_repetition_penalty: [r for r in pending if plan[r["id"]] == "low_repetition_penalty"],
+            }
+            for offset, (penalty, group) in enumerate(groups.items()):
+                if not group:
+                    continue
+                sampling = replace(cfg.sampling, seed=seed + 1000 * number + offset)
+                outputs = generate(model, tokenizer, [r["prompt"] for r in group], sampling,
+                                   repetition_penalty=penalty, progress=False)
+                for record, out in zip(group, outputs):
+                    row = candidate_row(record, out, plan[record["id"]], penalty or cfg.sampling.repetition_penalty,
+                                        split, settings)
+                    append_jsonl(path, row)
+                    done[record["id"]] = row
+                bar.update(len(group))
+    return [done[r["id"]] for r in records]
+
+
+def candidate_row(record: dict, output: dict, degradation: str, penalty: float, split: str, settings: str) -> dict:
+    """One row of candidates.jsonl: the prompt, both answers, and how the rejected one was made."""
+    sampled = output["text"]
+    rejected = apply_degradation(sampled, degradation)
+    return {
+        "id": record["id"], "split": split, "question_key": record.get("question_key", ""),
+        "prompt": record["prompt"], "chosen": record["completion"][-1]["content"],
+        "sampled": sampled, "rejected": rejected, "degradation": degradation,
+        "degraded": rejected != sampled.strip(), "repetition_penalty": penalty,
+        "ended_on_eos": output["ended_on_eos"], "new_tokens": output["new_tokens"],
+        "think_leak": has_think_leak(sampled), "settings": settings,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging and filtering
+# ---------------------------------------------------------------------------------------------
+
+def score_candidates(judge, candidates: list[dict], progress: bool = True) -> list[dict]:
+    """Both answers of every candidate scored by the judge, each on its own (one row per candidate)."""
+    prompts = [question(c) for c in candidates]
+    results = judge.score(prompts + prompts, [c["chosen"] for c in candidates] + [c["rejected"] for c in candidates],
+                          progress=progress)
+    n = len(candidates)
+    rows = []
+    for c, chosen, rejected in zip(candidates, results[:n], results[n:]):
+        row = {"id": c["id"], "split": c["split"], "judge": judge.name}
+        for side, res in (("chosen", chosen), ("rejected", rejected)):
+            row.update({f"{side}_overall": res.overall, f"{side}_criteria": res.criteria,
+                        f"{side}_parse_failed": res.parse_failed, f"{side}_error": res.error,
+                        f"{side}_raw": res.raw if res.parse_failed else ""})
+        both = chosen.overall is not None and rejected.overall is not None
+        row["gap"] = round(chosen.overall - rejected.overall, 6) if both else None
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class FilterReport:
+    """What the gap filter did. Retention = kept / scored, where scored pairs have both scores."""
+
+    gap: float
+    candidates: int = 0
+    unscored: int = 0  # a parse failure on either side: neither kept nor in the retention denominator
+    empty: int = 0  # the rejected answer is empty (nothing to learn, and DPO refuses it)
+    identical: int = 0  # chosen and rejected are the same text
+    small_gap: int = 0  # chosen - rejected < gap (includes pairs where the rejected answer scored higher)
+    kept: int = 0
+
+    @property
+    def scored(self) -> int:
+        return self.candidates - self.unscored
+
+    @property
+    def retention(self) -> float | None:
+        return self.kept / self.scored if self.scored else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "scored": self.scored, "retention": self.retention}
+
+
+def pair_status(candidate: dict, scores: dict, gap: float) -> str:
+    """Why a pair is kept or dropped: kept, unscored, empty, identical or small_gap."""
+    if scores["gap"] is None:
+        return "unscored"
+    if not candidate["rejected"].strip():
+        return "empty"
+    if " ".join(candidate["chosen"].split()) == " ".join(candidate["rejected"].split()):
+        return "identical"
+    return "kept" if scores["gap"] >= gap else "small_gap"
+
+
+def filter_pairs(candidates: list[dict], scores: list[dict], gap: float) -> tuple[list[dict], FilterReport]:
+    """(kept candidates joined with their scores and a status, report); all rows get a 'status'."""
+    by_id = {s["id"]: s for s in scores}
+    report = FilterReport(gap=gap, candidates=len(candidates))
+    joined = []
+    for c in candidates:
+        if c["id"] not in by_id:
+            raise KeyError(f"candidate {c['id']!r} ({c['split']}) has no scores")
+        row = {**c, **by_id[c["id"]]}
+        row["status"] = pair_status(c, by_id[c["id"]], gap)
+        setattr(report, row["status"], getattr(report, row["status"]) + 1)
+        joined.append(row)
+    return joined, report
+
+
+def retention_advice(retention: float | None, gap: float, judge_clears_gap: float | None = None,
+                     low: float = RETENTION_RANGE[0], high: float = RETENTION_RANGE[1]) -> str | None:
+    """What the design document suggests when retention is outside [low, high] (None inside it).
+
+    judge_clears_gap: the share of hand-written pairs (better vs clearly worse) that the judge separates
+    by at least the gap. When that is low too, the judge's resolution, not the sampled answers, is what
+    limits retention, and the advice says so first.
+    """
+    if retention is None:
+        return "No pair has both scores: look at the judge's parse failures before anything else."
+    if retention < low and judge_clears_gap is not None and judge_clears_gap < low:
+        return (f"Retention {retention:.0%} is below {low:.0%}, but even on hand-written pairs whose worse answer is "
+                f"plainly worse this judge puts only {judge_clears_gap:.0%} of them {gap:g} or more points apart: "
+                "its scale is too compressed for this gap, so the judge, not the sampled answers, limits retention. "
+                "Use a stronger judge (transformers or llama_cpp) before changing sampling; only then apply the "
+                "design document's remedies for pairs that are too similar (temperature 1.8-2.0, more "
+                f"degradations, and as a last resort a gap of 1 instead of {gap:g}).")
+    if retention < low:
+        return (f"Retention {retention:.0%} is below {low:.0%}: rejected answers are too close to the human ones "
+                "(or the judge cannot tell them apart). If the SFT model is already this good, ask whether DPO is "
+                "needed at all. Otherwise: sample at a higher temperature (1.8-2.0), turn on more degradations "
+                f"(truncation, dropping the first sentence, a repetition penalty below 1.0), and only as a last "
+                f"resort lower the gap from {gap:g} to 1 (noisier preferences).")
+    if retention > high:
+        return (f"Retention {retention:.0%} is above {high:.0%}: almost every rejected answer is clearly worse, "
+                "so the pairs may be too easy to teach fine distinctions (the design document's warning about "
+                "random text and base-model outputs). Check that rejected answers come from the SFT model, "
+                "lower the degradation rates or the temperature towards 1.0-1.2, or raise the gap to 3 "
+                "(fewer but cleaner pairs). On the tiny preset a weak SFT model makes this expected.")
+    return None
+
+
+def preference_row(row: dict) -> dict:
+    """One pair in TRL's conversational preference format, plus metadata."""
+    return {
+        "prompt": row["prompt"],
+        "chosen": [{"role": "assistant", "content": row["chosen"]}],
+        "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        "id": row["id"], "question_key": row.get("question_key", ""), "split": row["split"],
+        "degradation": row["degradation"], "chosen_score": row["chosen_overall"],
+        "rejected_score": row["rejected_overall"], "gap": row["gap"], "judge": row["judge"],
+    }
+
+
+def write_pairs(path: Path, rows: list[dict]) -> int:
+    """Write the kept rows of `rows` as TRL preference pairs (atomic); returns how many."""
+    return write_jsonl(path, [preference_row(r) for r in rows if r["status"] == "kept"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries for the notebook
+# ---------------------------------------------------------------------------------------------
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def criteria_means(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{criterion: {"chosen": mean, "rejected": mean}} over pairs with both scores."""
+    from .judges import CRITERIA
+
+    scored = [r for r in rows if r["gap"] is not None]
+    out = {}
+    for name in CRITERIA + ("overall",):
+        out[name] = {}
+        for side in ("chosen", "rejected"):
+            values = [r[f"{side}_overall"] if name == "overall" else r[f"{side}_criteria"][name] for r in scored]
+            out[name][side] = round(sum(values) / len(values), 3) if values else None
+    return out
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation (None when undefined: fewer than 3 points or a constant series)."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)
+
+
+def length_summary(rows: list[dict]) -> dict:
+    """Mean words of chosen and rejected answers, and how strongly the judge's score follows length."""
+    scored = [r for r in rows if r["gap"] is not None]
+    lengths = [word_count(r["chosen"]) for r in scored] + [word_count(r["rejected"]) for r in scored]
+    overall = [r["chosen_overall"] for r in scored] + [r["rejected_overall"] for r in scored]
+    kept = [r for r in scored if r["status"] == "kept"]
+
+    def mean(values):
+        return round(sum(values) / len(values), 1) if values else None
+
+    corr = pearson(lengths, overall)
+    within = {side: pearson([word_count(r[side]) for r in scored], [r[f"{side}_overall"] for r in scored])
+              for side in ("chosen", "rejected")}
+    return {
+        "chosen_words_mean": mean([word_count(r["chosen"]) for r in scored]),
+        "rejected_words_mean": mean([word_count(r["rejected"]) for r in scored]),
+        "kept_chosen_words_mean": mean([word_count(r["chosen"]) for r in kept]),
+        "kept_rejected_words_mean": mean([word_count(r["rejected"]) for r in kept]),
+        "length_score_correlation": None if corr is None else round(corr, 3),
+        # within one kind of answer, length and quality are not confounded: a high value here is length bias
+        **{f"length_score_correlation_{side}": None if c is None else round(c, 3) for side, c in within.items()},
+    }
+
+
+def by_degradation(rows: list[dict]) -> dict[str, dict]:
+    """Per degradation: pairs, kept, retention and the mean rejected score."""
+    out = {}
+    for name in DEGRADATIONS:
+        part = [r for r in rows if r["degradation"] == name]
+        scored = [r for r in part if r["gap"] is not None]
+        kept = sum(r["status"] == "kept" for r in part)
+        out[name] = {
+            "pairs": len(part), "kept": kept, "retention": round(kept / len(scored), 3) if scored else None,
+            "rejected_mean": (round(sum(r["rejected_overall"] for r in scored) / len(scored), 2) if scored else None),
+        }
+    return out
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    return dict(Counter(r["status"] for r in rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge agreement on hand-written pairs
+# ---------------------------------------------------------------------------------------------
+
+JUDGE_PAIR_FIELDS = ("id", "prompt", "better", "worse", "flaw")
+
+
+def load_judge_pairs(path: Path) -> list[dict]:
+    """Hand-written (prompt, better, worse, flaw) pairs, checked row by row."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: it holds the hand-written pairs used to check the judges")
+    rows = []
+    for number, row in enumerate(iter_jsonl(path), start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
+        for name in JUDGE_PAIR_FIELDS:
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{path}: row {number}, field {name!r}: expected non-empty text, got {value!r}")
+        rows.append(row)
+    ids = Counter(r["id"] for r in rows)
+    repeated = [k for k, v in ids.items() if v > 1]
+    if repeated:
+        raise ValueError(f"{path}: id {repeated[0]!r} appears {ids[repeated[0]]} times")
+    return rows
+
+
+def pair_outcome(better: float | None, worse: float | None) -> str:
+    """agree (better scored higher), tie, disagree, or parse_failure (either score missing)."""
+    if better is None or worse is None:
+        return "parse_failure"
+    if better > worse:
+        return "agree"
+    return "tie" if better == worse else "disagree"
+
+
+def judge_agreement(judge, pairs: list[dict], progress: bool = True, gap: float | None = None) -> tuple[dict, list[dict]]:
+    """(summary, per-pair rows) of how often the judge scores the better answer higher.
+
+    agreement = agree / (pairs with both scores); ties and parse failures are counted separately.
+    mean_margin is the average better - worse; with `gap`, clears_gap counts pairs the gap filter would keep.
+    """
+    prompts = [p["prompt"] for p in pairs]
+    results = judge.score(prompts + prompts, [p["better"] for p in pairs] + [p["worse"] for p in pairs],
+                          progress=progress)
+    n = len(pairs)
+    rows = []
+    for pair, better, worse in zip(pairs, results[:n], results[n:]):
+        rows.append({"judge": judge.name, "id": pair["id"], "flaw": pair["flaw"], "better": better.overall,
+                     "worse": worse.overall, "outcome": pair_outcome(better.overall, worse.overall)})
+    counts = Counter(r["outcome"] for r in rows)
+    scored = n - counts["parse_failure"]
+    margins = [r["better"] - r["worse"] for r in rows if r["outcome"] != "parse_failure"]
+    summary = {"judge": judge.name, "pairs": n, "agree": counts["agree"], "ties": counts["tie"],
+               "disagree": counts["disagree"], "parse_failures": counts["parse_failure"],
+               "agreement": round(counts["agree"] / scored, 3) if scored else None,
+               "mean_margin": round(sum(margins) / len(margins), 3) if margins else None}
+    if gap is not None:
+        summary["clears_gap"] = sum(m >= gap for m in margins)
+    return summary, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook helpers
+# ---------------------------------------------------------------------------------------------
+
+def sft_identity(sft_dir: Path) -> str:
+    """What identifies the SFT model that samples: its phase fingerprint, else its weight files."""
+    from .io import read_json
+    from .judges import model_identity
+
+    metrics = Path(sft_dir) / "metrics.json"
+    fingerprint = read_json(metrics).get("_fingerprint") if metrics.exists() else None
+    return f"sft:{fingerprint}" if fingerprint else model_identity(str(Path(sft_dir) / "merged"))
+
+
+def shorten(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def example_rows(rows: list[dict], n: int, status: str | None = None, width: int = 160) -> list[dict]:
+    """Up to n rows (optionally of one status) with shortened texts, for a notebook table."""
+    picked = [r for r in rows if status is None or r["status"] == status][:n]
+    return [{"question": shorten(question(r), 90), "chosen": shorten(r["chosen"], width),
+             "rejected": shorten(r["rejected"], width), "degradation": r["degradation"],
+             "chosen_score": r["chosen_overall"], "rejected_score": r["rejected_overall"], "gap": r["gap"],
+             "status": r["status"]} for r in picked]
+
+
+def agreement_judges(main_judge, judge_cfg, gguf_path: str | None = None, cache_dir: Path | None = None
+                     ) -> tuple[dict, dict[str, str]]:
+    """({name: judge} to measure on the hand-written pairs, {backend: why it is not measured}).
+
+    Always the pipeline's judge and the rubric; a llama.cpp judge when a GGUF path is given; a
+    transformers judge only when it is the pipeline's (it needs a large model, usually a GPU).
+    """
+    from .config import JudgeConfig
+    from .judges import get_judge
+
+    chosen, not_run = {main_judge.name: main_judge}, {}
+    if judge_cfg.backend != "rubric":
+        chosen["rubric"] = get_judge(JudgeConfig(backend="rubric"), cache_dir=cache_dir)
+    if judge_cfg.backend != "transformers":
+        not_run["transformers"] = ("not configured: set judge_backend='transformers' and judge_model (Qwen3-4B in "
+                                   "the qwen3-0.6b preset; needs a GPU)")
+    if judge_cfg.backend == "llama_cpp":
+        return chosen, not_run
+    if not gguf_path:
+        not_run["llama_cpp"] = "off: pass agreement_gguf='path/to/model.gguf' to measure a llama.cpp judge"
+    elif not Path(gguf_path).is_file():
+        not_run["llama_cpp"] = f"agreement_gguf={str(gguf_path)!r} is not a file"
+    else:
+        gguf = get_judge(JudgeConfig(backend="llama_cpp", model=str(gguf_path), temperature=judge_cfg.temperature,
+                                     n_ctx=judge_cfg.n_ctx, max_new_tokens=judge_cfg.max_new_tokens),
+                         cache_dir=cache_dir)
+        chosen[gguf.name] = gguf
+    return chosen, not_run

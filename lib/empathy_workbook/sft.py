@@ -1,0 +1,110 @@
+"""Phase 2: LoRA supervised fine-tuning with TRL's SFTTrainer on the phase-1 conversations.
+
+The data is tokenized here, not by TRL: `chat.tokenize_prompt_completion` gives input_ids and a
+completion_mask that covers exactly the answer and its <|im_end|> (TRL's own conversational rendering
+would also train the newline the template writes after <|im_end|>). SFTTrainer sees an `input_ids`
+column, skips its own tokenization, and with completion_only_loss=True turns the mask into labels
+(-100 on the prompt), so the loss is computed on the answer only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chat import tokenize_prompt_completion
+from .config import SFTConfig as PhaseConfig
+from .models import Backend
+from .training import TrainingGuards, common_arguments, first_last
+
+IGNORE_INDEX = -100  # label value the loss skips
+
+
+def tokenized_dataset(records: list[dict], tokenizer, max_length: int):
+    """A datasets.Dataset of input_ids + completion_mask (answer + <|im_end|>) for each record."""
+    from datasets import Dataset
+
+    rows = []
+    for number, record in enumerate(records):
+        try:
+            answer = record["completion"][0]["content"]
+            prompt = record["prompt"]
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"record {number} ({record.get('id', '?')}): field prompt/completion is malformed "
+                             f"({err!r}); re-run notebook 00") from None
+        rows.append(tokenize_prompt_completion(tokenizer, prompt, answer, max_length))
+    return Dataset.from_list(rows)
+
+
+def training_arguments(cfg: PhaseConfig, backend: Backend, output_dir: Path, has_eval: bool):
+    """TRL SFTConfig for this phase: the shared fields plus completion-only loss on pre-tokenized rows."""
+    from trl import SFTConfig
+
+    return SFTConfig(**common_arguments(cfg.train, backend, output_dir, has_eval),
+                     max_length=cfg.train.max_length, completion_only_loss=True, packing=False)
+
+
+def trainer_class():
+    """SFTTrainer with the project's guards (raw-loss check, memory in the logs)."""
+    from trl import SFTTrainer
+
+    class GuardedSFTTrainer(TrainingGuards, SFTTrainer):
+        pass
+
+    return GuardedSFTTrainer
+
+
+def build_trainer(model, tokenizer, train_dataset, args, eval_dataset=None, peft_config=None, callbacks=None):
+    """The SFT trainer: TRL's SFTTrainer (guarded) on pre-tokenized rows, LoRA attached from peft_config."""
+    if "input_ids" not in train_dataset.column_names:
+        raise ValueError("train_dataset must be pre-tokenized (input_ids, completion_mask): use sft.tokenized_dataset")
+    if not args.completion_only_loss:
+        raise ValueError("completion_only_loss must be True: the prompt is not something the model should learn")
+    return trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+
+
+def collated_examples(trainer, n: int = 2, split: str = "train") -> dict:
+    """A batch built by the trainer's own collator from the first n prepared rows (labels included)."""
+    dataset = trainer.train_dataset if split == "train" else trainer.eval_dataset
+    return trainer.data_collator([dataset[i] for i in range(min(n, len(dataset)))])
+
+
+def trained_spans(batch: dict, tokenizer) -> list[dict]:
+    """For each row of a collated batch: the decoded prompt part, the decoded trained part, token counts."""
+    out = []
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        trained = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+        first = next((k for k, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        out.append({
+            "context": tokenizer.decode(ids[:first], skip_special_tokens=False),
+            "trained": tokenizer.decode(trained, skip_special_tokens=False),
+            "trained_tokens": len(trained),
+            "tokens": sum(1 for i in ids if i != tokenizer.pad_token_id),
+        })
+    return out
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def sft_metrics(log_history: list[dict], result: dict) -> dict:
+    """The numbers the phase reports: first/last training and validation loss, best validation loss, steps."""
+    train_first, train_last = first_last(log_history, "loss")
+    eval_first, eval_last = first_last(log_history, "eval_loss")
+    evals = [row["eval_loss"] for row in log_history if "eval_loss" in row]
+    return {
+        "train_loss_first": train_first,
+        "train_loss_last": train_last,
+        "eval_loss_first": eval_first,  # measured before the first update (eval_on_start)
+        "eval_loss_last": eval_last,
+        "eval_loss_best": min(evals) if evals else None,
+        "steps": result["global_step"],
+        "max_steps": result["max_steps"],
+        "stopped_early": result["stopped_early"],
+        "resumed_from": result["resumed_from"],
+        "tokens": result["tokens"],
+    }

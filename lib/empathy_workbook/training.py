@@ -1,0 +1,350 @@
+"""What SFT and DPO share: backend-aware model loading, trainer arguments, guards, resume, merge-and-save.
+
+One implementation for both phases:
+- `prepare_backend` picks Unsloth / transformers+PEFT / CPU and imports Unsloth first when it is used;
+- `load_model` returns the base to train and either a PEFT LoRA config (TRL attaches it) or None (Unsloth did);
+- `common_arguments` turns a TrainConfig into the TrainingArguments fields both TRL configs accept;
+- `TrainingGuards` (mixed into the TRL trainers) stops on a non-finite raw loss with advice, and adds peak memory
+  to the logs; `standard_callbacks` adds early stopping;
+- `train_with_resume` continues an interrupted run from its last checkpoint in the phase folder;
+- `merge_and_save` folds the adapter into an unquantized 16-bit copy of the base and saves it with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+from .config import LoraConfig, ModelConfig, SamplingConfig, TrainConfig
+from .io import read_json, write_json
+from .models import Backend, peak_memory_mb, resolve_model_path, select_backend
+
+RUN_MARKER = "run.json"  # in the checkpoint folder: which config the checkpoints belong to, and whether it finished
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message says what to change."""
+
+
+# --- backend and model ---
+
+def prepare_backend(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Backend:
+    """Choose the backend for this machine and, when it is Unsloth, import it before transformers/TRL/PEFT."""
+    backend = select_backend(model_cfg, train_cfg.precision)
+    if backend.name == "unsloth":
+        from .models import import_unsloth
+
+        import_unsloth()
+    return backend
+
+
+def peft_lora_config(lora: LoraConfig):
+    """The PEFT LoraConfig of a phase's adapter (causal LM, no bias terms)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def load_model(name_or_path: str, backend: Backend, train_cfg: TrainConfig, lora: LoraConfig,
+               trust_remote_code: bool = False):
+    """(model, peft_config): the base to train and the adapter for TRL to attach (None when Unsloth attached it)."""
+    from .models import load_training_base
+
+    model = load_training_base(name_or_path, backend, train_cfg.max_length, trust_remote_code,
+                               gradient_checkpointing=train_cfg.gradient_checkpointing)
+    if backend.name == "unsloth":
+        from .models import add_unsloth_lora
+
+        model = add_unsloth_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, train_cfg.seed,
+                                 train_cfg.gradient_checkpointing)
+        return model, None
+    return model, peft_lora_config(lora)
+
+
+def optimizer_name(train_cfg: TrainConfig, backend: Backend) -> str:
+    """The preset's optimizer, or plain AdamW where the 8-bit one cannot run (CPU, no bitsandbytes)."""
+    if "8bit" not in train_cfg.optim or backend.device != "cpu":
+        return train_cfg.optim
+    return "adamw_torch"
+
+
+def common_arguments(train_cfg: TrainConfig, backend: Backend, output_dir: Path, has_eval: bool) -> dict:
+    """TrainingArguments fields that SFTConfig and DPOConfig share, filled from a TrainConfig.
+
+    Validation loss is measured before the first step and every eval_steps; with an eval set the best
+    checkpoint (lowest eval_loss) is loaded at the end. The trainer's NaN/inf log filter is turned off:
+    a bad loss must be seen, not averaged away.
+    """
+    cpu = backend.device == "cpu"
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": train_cfg.epochs,
+        "max_steps": train_cfg.max_steps,
+        "per_device_train_batch_size": train_cfg.batch_size,
+        "per_device_eval_batch_size": train_cfg.batch_size,
+        "gradient_accumulation_steps": train_cfg.grad_accum,
+        "learning_rate": train_cfg.learning_rate,
+        "warmup_steps": train_cfg.warmup_ratio,  # a float below 1 is read as a share of all updates
+        "lr_scheduler_type": "linear",
+        "optim": optimizer_name(train_cfg, backend),
+        "use_cpu": cpu,
+        "fp16": not cpu and backend.precision == "fp16",
+        "bf16": not cpu and backend.precision == "bf16",  # TRL would default to bf16 otherwise, even on CPU
+        "gradient_checkpointing": train_cfg.gradient_checkpointing,
+        "logging_steps": train_cfg.logging_steps,
+        "logging_first_step": True,
+        "logging_nan_inf_filter": False,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": train_cfg.eval_steps,
+        "eval_on_start": has_eval,
+        "save_strategy": "steps",
+        "save_steps": train_cfg.save_steps,
+        "save_total_limit": 2,  # the best and the latest survive
+        "load_best_model_at_end": has_eval,
+        "metric_for_best_model": "eval_loss" if has_eval else None,
+        "greater_is_better": False,
+        "restore_callback_states_from_checkpoint": True,  # early-stopping patience survives a resume
+        "include_num_input_tokens_seen": "non_padding",
+        "seed": train_cfg.seed,
+        "data_seed": train_cfg.seed,
+        "dataloader_num_workers": 0,
+        "report_to": [],
+    }
+
+
+# --- guards and callbacks ---
+
+def non_finite_advice(what: str, value: float, step: int, learning_rate: float, precision: str) -> str:
+    """The message of a non-finite loss: where it happened and what to change."""
+    tips = [f"lower the learning rate (now {learning_rate:g}; try a third of it)"]
+    if precision == "fp16":
+        tips.append("train in bf16 (precision: bf16) or fp32: fp16 overflows more easily")
+    tips += ["raise warmup_ratio so the first updates are small",
+             "check the data for empty or extremely long answers (notebook 00)"]
+    return (f"{what} became {value} at optimizer step {step}; training stopped so no broken checkpoint is "
+            f"saved. What to change: " + "; ".join(tips) + ". Then re-run this notebook (it resumes from the "
+            "last good checkpoint only if the config is unchanged; a changed config starts fresh).")
+
+
+class TrainingGuards:
+    """Mixed into a TRL trainer (before it in the bases): checks the raw loss of every micro-batch and adds
+    peak memory to each log line."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        import torch
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(non_finite_advice(
+                "the training loss", float(loss.detach().float().cpu()), self.state.global_step + 1,
+                self.args.learning_rate, "fp16" if self.args.fp16 else "bf16" if self.args.bf16 else "fp32"))
+        return loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        device = "cuda" if self.args.device.type == "cuda" else "cpu"
+        logs["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+        super().log(logs, start_time)
+
+
+def non_finite_eval_callback():
+    """A callback that stops with advice when an evaluation loss is NaN or infinite."""
+    from transformers import TrainerCallback
+
+    class NonFiniteEvalLoss(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get("eval_loss")
+            if value is not None and not math.isfinite(value):
+                raise NonFiniteLossError(non_finite_advice(
+                    "the validation loss", value, state.global_step, args.learning_rate,
+                    "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"))
+
+    return NonFiniteEvalLoss()
+
+
+def standard_callbacks(train_cfg: TrainConfig, has_eval: bool) -> list:
+    """Non-finite validation loss stop, plus early stopping after `early_stopping_patience` evaluations."""
+    callbacks = [non_finite_eval_callback()]
+    if has_eval and train_cfg.early_stopping_patience > 0:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping_patience))
+    return callbacks
+
+
+# --- checkpoints and resume ---
+
+def resume_checkpoint(checkpoint_dir: Path, fingerprint: str | None, log=print) -> str | None:
+    """The checkpoint to continue from, or None to start fresh.
+
+    Checkpoints of a finished run, or of a run with another config (fingerprint), are removed: they would
+    continue a different experiment.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    marker = checkpoint_dir / RUN_MARKER
+    info = read_json(marker) if marker.exists() else {}
+    reason = None
+    if info.get("finished"):
+        reason = "the previous run finished"
+    elif fingerprint is not None and info.get("fingerprint") not in (None, fingerprint):
+        reason = "they belong to a different configuration"
+    if reason:
+        log(f"removing old checkpoints in {checkpoint_dir}: {reason}; training starts fresh")
+        shutil.rmtree(checkpoint_dir)
+        return None
+    return get_last_checkpoint(str(checkpoint_dir))
+
+
+def train_with_resume(trainer, fingerprint: str | None = None, log=print) -> dict:
+    """Train, continuing from the last checkpoint of an interrupted run with the same config.
+
+    Returns what happened: resumed_from, global_step, max_steps, stopped_early, best_checkpoint, seconds.
+    """
+    checkpoint_dir = Path(trainer.args.output_dir)
+    resume = resume_checkpoint(checkpoint_dir, fingerprint, log)
+    if resume:
+        log(f"resuming from {resume}")
+        trainer.args.eval_on_start = False  # the step-0 evaluation is already in the restored log history
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    write_json(checkpoint_dir / RUN_MARKER, {"fingerprint": fingerprint, "finished": False})
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    write_json(checkpoint_dir / RUN_MARKER, {"fingerprint": fingerprint, "finished": True,
+                                             "global_step": state.global_step})
+    return {
+        "resumed_from": resume,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "stopped_early": state.global_step < state.max_steps,
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_metric": state.best_metric,
+        "tokens": state.num_input_tokens_seen,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+# --- log history ---
+
+def write_log_history(trainer, path: Path) -> list[dict]:
+    """Save trainer.state.log_history as JSON (what the curves are drawn from) and return it."""
+    history = list(trainer.state.log_history)
+    write_json(path, history)
+    return history
+
+
+def series(log_history: list[dict], key: str) -> list[float]:
+    """The values of one logged key, in step order."""
+    return [float(row[key]) for row in log_history if key in row]
+
+
+def first_last(log_history: list[dict], key: str) -> tuple[float | None, float | None]:
+    """(first, last) value of a logged key, or (None, None) when it was never logged."""
+    values = series(log_history, key)
+    return (values[0], values[-1]) if values else (None, None)
+
+
+# --- saving ---
+
+def save_adapter(trainer, folder: Path, tokenizer=None) -> Path:
+    """Save the trained adapter (the best one when early stopping loaded it), atomically."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def merged_dtype_name(base_name_or_path: str, trust_remote_code: bool = False) -> str:
+    """The base model's own 16-bit type: bf16 when it was published in bf16 (Qwen3), else fp16."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(base_name_or_path), trust_remote_code=trust_remote_code)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return "bf16" if "bfloat16" in str(dtype) else "fp16"
+
+
+def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tokenizer,
+                   trust_remote_code: bool = False, dtype: str | None = None) -> Path:
+    """Fold a LoRA adapter into an UNQUANTIZED copy of its base and save it in 16-bit with the tokenizer.
+
+    The merge happens in fp32 on the CPU: merging into a 4-bit base would round the sum back to 4 bits and
+    degrade the model, and fp32 keeps the addition exact before the single cast to 16 bits.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .models import torch_dtype
+
+    base_path = resolve_model_path(base_name_or_path)
+    dtype = dtype or merged_dtype_name(base_path, trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True,
+                                                trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = merged.to(torch_dtype(dtype))
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # the finished folder appears at once
+    return out_dir
+
+
+# --- side-by-side spot check (the same prompts in 01 and 03) ---
+
+def spot_check_records(val_records: list[dict], n: int) -> list[dict]:
+    """n fixed validation records, one per question, spread over the file (same choice in every notebook)."""
+    seen, distinct = set(), []
+    for record in sorted(val_records, key=lambda r: r["id"]):
+        if record["question_key"] not in seen:
+            seen.add(record["question_key"])
+            distinct.append(record)
+    if len(distinct) <= n:
+        return distinct
+    stride = len(distinct) / n
+    return [distinct[int(i * stride)] for i in range(n)]
+
+
+def side_by_side(models: dict, tokenizer, records: list[dict], sampling: SamplingConfig):
+    """A DataFrame: each record's question, the reference answer, and every model's seeded answer."""
+    import pandas as pd
+
+    from .models import generate
+
+    table = pd.DataFrame({"id": [r["id"] for r in records],
+                          "question": [r["prompt"][-1]["content"] for r in records],
+                          "reference": [r["completion"][0]["content"] for r in records]})
+    for name, model in models.items():
+        answers = generate(model, tokenizer, [r["prompt"] for r in records], sampling, progress=False, desc=name)
+        table[name] = [a["text"] for a in answers]
+        table[f"{name}_stopped"] = [a["ended_on_eos"] for a in answers]
+    return table
+
+
+def free_memory() -> None:
+    """Give memory back after a model is deleted (Python garbage, then the CUDA cache)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def inference_precision(backend: Backend) -> str:
+    """Precision for generation: the training precision on the GPU, fp32 on the CPU."""
+    return backend.precision if backend.device == "cuda" else "fp32"

@@ -1,0 +1,213 @@
+"""Phase 5 (GGUF export): converter fallback, file verification, K-quants, and the end-to-end checks.
+
+Tests marked slow convert with llama.cpp's converter; the converter comes from the llama-cpp-python
+source distribution, fetched once with pip into artifacts/cache/converter/<version>/ and reused.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from empathy_workbook import export
+from empathy_workbook.config import ConfigError, load_config
+from empathy_workbook.gguf_convert import is_qwen2_pre_tokenizer, pre_tokenizer_spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: no conversion
+# ---------------------------------------------------------------------------------------------
+
+def test_qwen2_split_is_recognised_field_for_field(tokenizer):
+    spec = pre_tokenizer_spec(tokenizer)
+    assert is_qwen2_pre_tokenizer(spec)
+    changed_regex = json.loads(json.dumps(spec))
+    changed_regex["pretokenizers"][0]["pattern"]["Regex"] += "|x"
+    assert not is_qwen2_pre_tokenizer(changed_regex)
+    prefix_space = json.loads(json.dumps(spec))
+    prefix_space["pretokenizers"][1]["add_prefix_space"] = True
+    assert not is_qwen2_pre_tokenizer(prefix_space)
+    assert not is_qwen2_pre_tokenizer({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True})
+    assert not is_qwen2_pre_tokenizer(None)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "only 0 bytes"),
+    (b"PK\x03\x04" + b"\x00" * 60, "not the GGUF magic"),
+    (b"GGUF" + b"\xff" * 60, "cannot be read"),
+])
+def test_garbage_is_not_taken_for_a_gguf(tmp_path, content, message):
+    path = tmp_path / "model-q4_k_m.gguf"
+    path.write_bytes(content)
+    with pytest.raises(export.GGUFError, match=message):
+        export.verify_gguf_file(path)
+
+
+def test_missing_file_has_a_clear_error(tmp_path):
+    with pytest.raises(export.GGUFError, match="no such file"):
+        export.verify_gguf_file(tmp_path / "model-f16.gguf")
+
+
+def test_export_config_rejects_bad_quant_lists():
+    with pytest.raises(ConfigError, match="Q3_K"):
+        load_config("tiny", {"export": {"quants": ["Q3_K"]}})
+    with pytest.raises(ConfigError, match="empty"):
+        load_config("tiny", {"export": {"quants": []}})
+    with pytest.raises(ConfigError, match="twice"):
+        load_config("tiny", {"export": {"quants": ["Q8_0", "Q8_0"]}})
+    assert set(export.QUANT_FTYPES) <= set(export.FORMAT_NOTES)
+
+
+def test_model_folder_without_weights_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        export.check_model_dir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: real conversions with llama.cpp's converter
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def converter_dir():
+    """llama.cpp's converter for the installed llama-cpp-python (fetched once, then cached)."""
+    return export.ensure_converter()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, tiny_path, tiny_cfg, records, converter_dir):
+    """The tiny model exported to F16, Q4_K_M and Q8_0, every check run once."""
+    out = tmp_path_factory.mktemp("export")
+    cfg = load_config("tiny", {"export": {"quants": ["Q4_K_M", "Q8_0"], "kld_max_texts": 6, "parity_prompts": 3}}).export
+    result = export.export_all(Path(tiny_path), out, cfg.quants, converter_dir)
+    checks = export.verify_export(result["files"], Path(tiny_path), records[1], cfg)
+    metrics = export.export_metrics(result["files"], checks, result["conversion"], result["quantization"])
+    return {"out": out, "files": result["files"], "checks": checks, "metrics": metrics}
+
+
+@pytest.mark.slow
+def test_tiny_export_passes_every_check(tiny_export):
+    metrics = tiny_export["metrics"]
+    failed = [name for name, ok in export.checks_passed(metrics).items() if not ok]
+    assert not failed, (failed, json.dumps(tiny_export["checks"], default=str)[:2000])
+    # the tiny tokenizer has its own vocabulary, so only the narrow Qwen2-split fallback can name it
+    assert metrics["pre_tokenizer"] == "qwen2" and metrics["pre_tokenizer_fallback"] is True
+    assert metrics["bytes"]["F16"] > metrics["bytes"]["Q8_0"] > metrics["bytes"]["Q4_K_M"]
+    for fmt in ("F16", "Q4_K_M", "Q8_0"):
+        assert math.isfinite(metrics["perplexity"][fmt]) and metrics["perplexity"][fmt] > 1
+    for quant in ("Q4_K_M", "Q8_0"):
+        assert 0 <= metrics["kld_mean"][quant] <= metrics["kld_p99"][quant]
+        assert 0 < metrics["top_token_agreement"][quant] <= 1
+    assert metrics["kld_mean"]["Q8_0"] < metrics["kld_mean"]["Q4_K_M"]  # more bits, closer to F16
+    # the F16 file computes what transformers computes
+    assert abs(metrics["perplexity"]["F16"] / metrics["perplexity_transformers"] - 1) < 0.01
+    assert metrics["tensor_types"]["Q4_K_M"].get("Q4_K", 0) > 0
+    assert not list(tiny_export["out"].glob(".*.partial"))
+
+
+@pytest.mark.slow
+def test_chat_prompt_from_the_file_is_the_training_prompt(tiny_export):
+    chat = tiny_export["checks"]["chat"]
+    assert chat["formatter_prompt_matches_training"]
+    # llama-cpp-python's default formatter cannot pass enable_thinking=False: it renders the thinking prompt
+    assert not chat["default_formatter_matches_training"]
+
+
+@pytest.mark.slow
+def test_truncated_or_corrupted_gguf_is_detected(tiny_export, tmp_path):
+    source = tiny_export["files"]["Q4_K_M"]
+    data = source.read_bytes()
+    summary = export.verify_gguf_file(source, expected_sha256=export.sha256_file(source))
+    assert summary["tensors"] > 0
+
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(export.GGUFError, match="truncated"):
+        export.verify_gguf_file(truncated)
+
+    header_only = tmp_path / "header_only.gguf"
+    header_only.write_bytes(data[:200])
+    with pytest.raises(export.GGUFError, match="truncated|cannot be read"):
+        export.verify_gguf_file(header_only)
+
+    scrambled = tmp_path / "scrambled.gguf"
+    scrambled.write_bytes(data[:8] + b"\xff" * 64 + data[72:])
+    with pytest.raises(export.GGUFError, match="cannot be read|truncated"):
+        export.verify_gguf_file(scrambled)
+
+    flipped = tmp_path / "flipped.gguf"
+    flipped.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    export.verify_gguf_file(flipped)  # structure intact: only the checksum can tell
+    with pytest.raises(export.GGUFError, match="sha256"):
+        export.verify_gguf_file(flipped, expected_sha256=export.sha256_file(source))
+
+
+@pytest.mark.slow
+def test_failed_quantization_leaves_no_file(tiny_export, tmp_path, monkeypatch):
+    import llama_cpp
+
+    def crash_halfway(src, dst, params):
+        Path(dst.decode()).write_bytes(b"GGUF" + b"\x00" * 100)  # what a crash mid-write leaves
+        return 1
+
+    monkeypatch.setattr(llama_cpp, "llama_model_quantize", crash_halfway)
+    target = tmp_path / "model-q4_k_m.gguf"
+    with pytest.raises(export.GGUFError, match="returned 1"):
+        export.quantize_gguf(tiny_export["files"]["F16"], target, "Q4_K_M")
+    assert not target.exists()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.slow
+def test_kquant_fallback_is_reported(tmp_path, tokenizer, converter_dir):
+    """A model whose rows are not multiples of 256 gets legacy quants: the check must say so."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=384, num_hidden_layers=1,
+                         num_attention_heads=3, num_key_value_heads=1, head_dim=64, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    model_dir = tmp_path / "odd"
+    Qwen3ForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    result = export.export_all(model_dir, tmp_path / "out", ["Q4_K_M"], converter_dir, log=lambda *_: None)
+    report = export.quant_type_report(result["files"]["Q4_K_M"], "Q4_K_M")
+    assert not report["applied"]
+    assert report["fallback_tensors"]
+
+
+@pytest.mark.slow
+def test_real_qwen3_tokenizer_needs_no_fallback(tmp_path, converter_dir):
+    """Qwen's own vocabulary (rebuilt from llama.cpp's test file) is recognised by the converter as is."""
+    from transformers import Qwen3Config
+
+    reference = export.reference_qwen3_tokenizer(converter_dir)
+    assert export.check_reference_tokenizer(reference, converter_dir)["ok"]
+    folder = tmp_path / "qwen3-vocab"
+    reference.save_pretrained(folder)
+    Qwen3Config(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                architectures=["Qwen3ForCausalLM"]).save_pretrained(folder)
+    result = export.convert_to_gguf(folder, tmp_path / "vocab.gguf", converter_dir, vocab_only=True,
+                                    log=lambda *_: None)
+    assert result["pre_tokenizer"] == "qwen2"
+    assert result["pre_tokenizer_fallback"] is False
+
+
+@pytest.mark.slow
+def test_other_pre_tokenizers_are_still_refused(tmp_path, tiny_path, converter_dir):
+    """The fallback is narrow: a byte-level tokenizer without Qwen2's split fails as the converter intends."""
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "gpt2-split"
+    shutil.copytree(tiny_path, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.save_pretrained(folder)
+    with pytest.raises(RuntimeError, match="not recognized"):
+        export.convert_to_gguf(folder, tmp_path / "refused.gguf", converter_dir, vocab_only=True,
+                               log=lambda *_: None)
+    assert not (tmp_path / "refused.gguf").exists()

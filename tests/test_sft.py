@@ -1,0 +1,92 @@
+"""sft.py: completion-only labels from the trainer's collator, and a few LoRA steps that learn."""
+
+import pytest
+import torch
+
+from empathy_workbook import sft, training
+from empathy_workbook.chat import END_TOKEN, render_prompt
+from empathy_workbook.config import load_config
+
+
+def build(tiny_path, tokenizer, train_records, out_dir, eval_records=None, **train):
+    values = {"batch_size": 4, "grad_accum": 1, "max_steps": 6, "eval_steps": 3, "save_steps": 3,
+              "gradient_checkpointing": False, "warmup_ratio": 0.0, "learning_rate": 3e-3, **train}
+    cfg = load_config("tiny", {"sft": {"train": values}})
+    backend = training.prepare_backend(cfg.model, cfg.sft.train)
+    model, peft_config = training.load_model(tiny_path, backend, cfg.sft.train, cfg.sft.lora)
+    train_ds = sft.tokenized_dataset(train_records, tokenizer, cfg.sft.train.max_length)
+    eval_ds = sft.tokenized_dataset(eval_records, tokenizer, cfg.sft.train.max_length) if eval_records else None
+    args = sft.training_arguments(cfg.sft, backend, out_dir, has_eval=eval_ds is not None)
+    args.disable_tqdm = True
+    return sft.build_trainer(model, tokenizer, train_ds, args, eval_ds, peft_config,
+                             training.standard_callbacks(cfg.sft.train, eval_ds is not None))
+
+
+def test_collator_labels_are_exactly_the_answer_and_end_token(tmp_path, tiny_path, tokenizer, records):
+    train, _ = records
+    trainer = build(tiny_path, tokenizer, train[:4], tmp_path)
+    # the trainer's own dataset order is not shuffled at preparation, so row i is record i
+    batch = sft.collated_examples(trainer, n=4)
+    assert (batch["labels"] == sft.IGNORE_INDEX).any(dim=1).all()  # every row has masked prompt tokens
+    for record, span, labels, ids in zip(train[:4], sft.trained_spans(batch, tokenizer),
+                                         batch["labels"], batch["input_ids"]):
+        answer = record["completion"][0]["content"]
+        assert span["trained"] == answer + END_TOKEN  # nothing after <|im_end|>: not even the template's "\n"
+        assert span["context"] == render_prompt(tokenizer, record["prompt"])  # untrained = the inference prompt
+        kept = labels != sft.IGNORE_INDEX
+        assert torch.equal(labels[kept], ids[kept])  # labels are the tokens themselves (the shift is the model's)
+        positions = kept.nonzero().flatten()
+        assert positions.max() - positions.min() + 1 == kept.sum()  # one contiguous span
+        pad = ids == tokenizer.pad_token_id
+        assert not kept[pad].any()  # padding is never trained
+
+
+def test_unprepared_or_full_loss_setups_are_refused(tmp_path, tiny_path, tokenizer, records):
+    from datasets import Dataset
+
+    train, _ = records
+    trainer = build(tiny_path, tokenizer, train[:4], tmp_path)
+    with pytest.raises(ValueError, match="pre-tokenized"):
+        sft.build_trainer(trainer.model, tokenizer, Dataset.from_list([{"text": "hi"}]), trainer.args)
+    with pytest.raises(ValueError, match="malformed"):
+        sft.tokenized_dataset([{"id": "x", "prompt": [], "completion": []}], tokenizer, 64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_path, tokenizer, records):
+    """A short SFT run on 16 training examples; the loss on those same examples before and after."""
+    train, val = records
+    trainer = build(tiny_path, tokenizer, train[:16], tmp_path_factory.mktemp("sft"), eval_records=val[:8])
+    before_weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    fixed = trainer.train_dataset.select(range(16))
+    loss_before = trainer.evaluate(fixed, metric_key_prefix="fixed")["fixed_loss"]
+    result = training.train_with_resume(trainer)
+    loss_after = trainer.evaluate(fixed, metric_key_prefix="fixed")["fixed_loss"]
+    return trainer, before_weights, loss_before, loss_after, result
+
+
+@pytest.mark.slow
+def test_a_few_steps_change_only_the_lora_weights(trained):
+    trainer, before, *_ = trained
+    assert before and all("lora_" in name for name in before)  # only the adapter is trainable
+    changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert any("lora_B" in n for n in changed)  # B starts at zero: it moved, so the adapter now does something
+
+
+@pytest.mark.slow
+def test_a_few_steps_lower_the_training_loss(trained):
+    _, _, loss_before, loss_after, result = trained
+    assert result["global_step"] == 6
+    assert loss_after < loss_before
+
+
+@pytest.mark.slow
+def test_validation_loss_is_measured_before_the_first_step(trained):
+    trainer, *_ , result = trained
+    history = trainer.state.log_history
+    evals = [row for row in history if "eval_loss" in row]
+    assert evals[0]["step"] == 0 and [row["step"] for row in evals][1:] == [3, 6]
+    metrics = sft.sft_metrics(history, result)
+    assert metrics["eval_loss_first"] == evals[0]["eval_loss"]
+    assert metrics["eval_loss_best"] == min(row["eval_loss"] for row in evals)
+    assert metrics["tokens"] > 0 and all(training.series(history, "peak_memory_mb"))

@@ -1,0 +1,73 @@
+"""The whole chain on the tiny preset: notebooks 00-05 executed in order by the runner (papermill),
+then assertions on the metrics every phase wrote (collected in summary.json), never on printed text."""
+
+import pytest
+
+from empathy_workbook.io import all_finite, read_jsonl
+from empathy_workbook.paths import RunPaths
+from empathy_workbook.runtime import NOTEBOOKS
+
+RUN = "ci-smoke"
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture(scope="module")
+def summary():
+    from empathy_workbook.runner import run_pipeline
+
+    return run_pipeline("tiny", RUN, force=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def metrics(summary):
+    return {phase: entry["metrics"] for phase, entry in summary["phases"].items()}
+
+
+def test_every_phase_ran_and_wrote_finite_metrics(summary, metrics):
+    assert summary["status"] == "ok" and summary["failure"] is None
+    for phase in NOTEBOOKS:
+        assert summary["phases"][phase]["status"] == "ran", phase
+        assert metrics[phase] is not None, f"{phase} wrote no metrics.json"
+        assert all_finite(metrics[phase]), f"{phase} has a non-finite number"
+    root = RunPaths.for_run(RUN).root
+    assert (root / "report.html").exists() and (root / "summary.json").exists()
+    assert all((root / "notebooks" / name).exists() for name in NOTEBOOKS.values())
+
+
+def test_no_question_in_both_splits(metrics):
+    assert metrics["data"]["questions_in_both"] == 0
+    root = RunPaths.for_run(RUN).root / "data"
+    train = {r["question_key"] for r in read_jsonl(root / "train.jsonl")}
+    val = {r["question_key"] for r in read_jsonl(root / "val.jsonl")}
+    assert train and val and not train & val
+
+
+def test_sft_validation_loss_falls(metrics):
+    assert metrics["sft"]["eval_loss_last"] < metrics["sft"]["eval_loss_first"]
+
+
+def test_preference_retention_is_a_share(metrics):
+    assert 0.0 <= metrics["preferences"]["retention"] <= 1.0
+
+
+def test_dpo_reward_margin_grows(metrics):
+    assert metrics["dpo"]["reward_margin_last"] > metrics["dpo"]["reward_margin_first"]
+
+
+def test_every_export_check_passes(metrics):
+    from empathy_workbook.export import checks_passed
+
+    passed = checks_passed(metrics["export"])
+    assert all(passed.values()), passed
+
+
+def test_four_models_scored_on_the_whole_suite(metrics):
+    evaluation = metrics["eval"]
+    assert evaluation["suite_prompts"] == 30
+    assert set(evaluation["models"]) == {"base", "sft", "dpo", "gguf"}
+    for name, model in evaluation["models"].items():
+        assert model["suite_answers"] == 30 and model["suite_scored"] == 30, name
+        assert model["perplexity"] is not None and model["perplexity"] > 1.0, name
+    for pair in ("dpo_vs_sft", "sft_vs_base"):
+        rates = evaluation["win_rates"][pair]
+        assert rates["wins"] + rates["ties"] + rates["losses"] == rates["n"] > 0
