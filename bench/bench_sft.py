@@ -92,6 +92,13 @@ def batching_fields(args) -> dict:
             **({"max_length": None} if args.padding_free else {})}
 
 
+def project_batching(args) -> str:
+    """The config.SFTConfig.batching value that matches --padding-free / --sampler."""
+    if args.padding_free:
+        return "padding_free"
+    return "length_grouped" if args.sampler == "group_by_length" else "padded"
+
+
 def project_trainer(args, cfg, backend, tokenizer, rows, work: Path):
     """The phase's own code: load_model on a saved random-weight folder, sft.training_arguments, build_trainer."""
     import dataclasses
@@ -103,8 +110,9 @@ def project_trainer(args, cfg, backend, tokenizer, rows, work: Path):
 
     folder = common.random_model_dir(args.shape, tokenizer, args.layers, log=common.log)
     model, peft_config = training.load_model(str(folder), backend, cfg.sft.train, cfg.sft.lora)
-    targs = sft.training_arguments(cfg.sft, backend, work, has_eval=False)
-    targs = dataclasses.replace(targs, disable_tqdm=True, **batching_fields(args))
+    # the library's own batching option (config.SFTConfig.batching), not fields set behind its back
+    phase = dataclasses.replace(cfg.sft, batching=project_batching(args))
+    targs = dataclasses.replace(sft.training_arguments(phase, backend, work, has_eval=False), disable_tqdm=True)
     return sft.build_trainer(model, tokenizer, Dataset.from_list(rows), targs, peft_config=peft_config)
 
 

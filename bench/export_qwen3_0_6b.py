@@ -24,9 +24,13 @@ import os
 import platform
 import shutil
 import tempfile
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 from empathy_workbook import export
 from empathy_workbook.io import write_json
 from empathy_workbook.paths import REPO_ROOT
@@ -125,7 +129,7 @@ def main() -> None:
         result = {
             "benchmark": "export_qwen3_0_6b",
             "date": dt.date.today().isoformat(),
-            "machine": {"cpus": os.cpu_count(), "threads_used": args.threads, "processor": _cpu_name(),
+            "machine": {"cpus": os.cpu_count(), "threads_used": args.threads, "processor": common.cpu_name(),
                         "python": platform.python_version(), "llama_cpp_python": export.llama_cpp_version(),
                         "load_average_before": load_before, "load_average_after": os.getloadavg()},
             "model": {"config": QWEN3_0_6B, "weights": "random (bf16 safetensors)", "parameters_in_gguf": n_weights,
@@ -149,16 +153,6 @@ def main() -> None:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

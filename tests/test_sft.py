@@ -8,10 +8,10 @@ from empathy_workbook.chat import END_TOKEN, render_prompt
 from empathy_workbook.config import load_config
 
 
-def build(tiny_path, tokenizer, train_records, out_dir, eval_records=None, **train):
+def build(tiny_path, tokenizer, train_records, out_dir, eval_records=None, batching="padded", **train):
     values = {"batch_size": 4, "grad_accum": 1, "max_steps": 6, "eval_steps": 3, "save_steps": 3,
               "gradient_checkpointing": False, "warmup_ratio": 0.0, "learning_rate": 3e-3, **train}
-    cfg = load_config("tiny", {"sft": {"train": values}})
+    cfg = load_config("tiny", {"sft": {"train": values, "batching": batching}})
     backend = training.prepare_backend(cfg.model, cfg.sft.train)
     model, peft_config = training.load_model(tiny_path, backend, cfg.sft.train, cfg.sft.lora)
     train_ds = sft.tokenized_dataset(train_records, tokenizer, cfg.sft.train.max_length)
@@ -50,6 +50,40 @@ def test_unprepared_or_full_loss_setups_are_refused(tmp_path, tiny_path, tokeniz
         sft.build_trainer(trainer.model, tokenizer, Dataset.from_list([{"text": "hi"}]), trainer.args)
     with pytest.raises(ValueError, match="malformed"):
         sft.tokenized_dataset([{"id": "x", "prompt": [], "completion": []}], tokenizer, 64)
+
+
+def test_padding_free_batches_have_no_padding_and_the_same_loss(tmp_path, tiny_path, tokenizer, records):
+    train, _ = records
+    rows = train[:8]
+    padded = build(tiny_path, tokenizer, rows, tmp_path / "padded", batch_size=8)
+    flat = build(tiny_path, tokenizer, rows, tmp_path / "flat", batching="padding_free", batch_size=8)
+    lengths = [len(r["input_ids"]) for r in padded.train_dataset]
+    assert len(set(lengths)) > 1  # rows of different lengths, so the padded batch does pad
+    a = padded.data_collator([padded.train_dataset[i] for i in range(8)])
+    b = flat.data_collator([flat.train_dataset[i] for i in range(8)])
+    assert a["input_ids"].shape == (8, max(lengths)) and b["input_ids"].shape == (1, sum(lengths))
+    starts = (b["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == 8  # positions restart at every row: that is what keeps rows from attending to each other
+    assert torch.equal(a["labels"][a["labels"] != sft.IGNORE_INDEX], b["labels"][b["labels"] != sft.IGNORE_INDEX])
+    with torch.no_grad():  # LoRA B starts at 0, so both models are the same base model here
+        padded.model.eval(), flat.model.eval()
+        loss_padded = padded.compute_loss(padded.model, a)
+        loss_flat = flat.compute_loss(flat.model, b)
+    # a row attending across the join (a missing block-diagonal mask) would change the loss far beyond this
+    assert torch.isclose(loss_padded, loss_flat, rtol=1e-4), (loss_padded, loss_flat)
+
+
+def test_length_grouped_batches_pad_less_than_random_order(tmp_path, tiny_path, tokenizer, records):
+    train, _ = records
+    rows = train  # ~300 rows: transformers sorts within "megabatches" of up to 50 batches, 4+ per epoch
+    shares = {}
+    for batching in ("padded", "length_grouped"):
+        trainer = build(tiny_path, tokenizer, rows, tmp_path / batching, batching=batching, batch_size=8)
+        assert trainer.args.train_sampling_strategy == ("group_by_length" if batching == "length_grouped" else "random")
+        shares[batching] = sft.padding_shares(trainer)
+    # random order: the trainer's batches pad about as much as a random draw of the same rows
+    assert abs(shares["padded"]["configured"] - shares["padded"]["random_order"]) < 0.1, shares
+    assert shares["length_grouped"]["configured"] < shares["padded"]["configured"] / 2, shares
 
 
 @pytest.fixture(scope="module")

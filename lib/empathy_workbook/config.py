@@ -20,6 +20,8 @@ from .paths import CONFIGS_DIR, DATA_DIR
 
 TINY_MODEL = "tiny"  # sentinel: the embedded model built by `empathy_workbook.tiny`
 
+SFT_BATCHING = ("padded", "length_grouped", "padding_free")
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -142,11 +144,17 @@ class SamplingConfig:
 class SFTConfig:
     lora: LoraConfig = _help("adapter shape", factory=LoraConfig)
     train: TrainConfig = _help("optimizer and schedule", factory=TrainConfig)
+    batching: str = _help(
+        "how rows become batches: 'padded' (random order, padded to the batch's longest row), "
+        "'length_grouped' (rows of similar length share a batch: little padding, any attention kernel) or "
+        "'padding_free' (a batch's rows joined into one sequence with restarting positions: no padding at all; "
+        "fastest with a flash-attention kernel)", "padded")
     spot_check_prompts: int = _help("validation prompts answered by base and SFT side by side", 5)
     spot_check: SamplingConfig = _help("sampling for the side-by-side check", factory=SamplingConfig)
 
     def __post_init__(self):
         _require(self.spot_check_prompts >= 1, "sft.spot_check_prompts must be >= 1")
+        _require(self.batching in SFT_BATCHING, f"sft.batching={self.batching!r}: use one of {list(SFT_BATCHING)}")
 
 
 @dataclass

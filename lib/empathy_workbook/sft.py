@@ -9,6 +9,7 @@ column, skips its own tokenization, and with completion_only_loss=True turns the
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from .chat import tokenize_prompt_completion
@@ -40,7 +41,22 @@ def training_arguments(cfg: PhaseConfig, backend: Backend, output_dir: Path, has
     from trl import SFTConfig
 
     return SFTConfig(**common_arguments(cfg.train, backend, output_dir, has_eval),
-                     max_length=cfg.train.max_length, completion_only_loss=True, packing=False)
+                     completion_only_loss=True, packing=False, **batching_arguments(cfg))
+
+
+def batching_arguments(cfg: PhaseConfig) -> dict:
+    """SFTConfig fields for the configured batching (see config.SFTConfig.batching and bench/README.md).
+
+    Padding-free joins a batch's rows into one sequence whose position ids restart at 0 for each row;
+    transformers turns those positions into a block-diagonal causal mask, so no row attends to another.
+    TRL refuses a max_length there (it cannot truncate a joined row), which is fine: tokenized_dataset
+    has already cut every row to cfg.train.max_length.
+    """
+    if cfg.batching == "padding_free":
+        return {"padding_free": True, "max_length": None}
+    if cfg.batching == "length_grouped":
+        return {"max_length": cfg.train.max_length, "train_sampling_strategy": "group_by_length"}
+    return {"max_length": cfg.train.max_length}
 
 
 def trainer_class():
@@ -82,6 +98,23 @@ def trained_spans(batch: dict, tokenizer) -> list[dict]:
             "tokens": sum(1 for i in ids if i != tokenizer.pad_token_id),
         })
     return out
+
+
+def padding_shares(trainer, seed: int = 0) -> dict:
+    """Share of pad slots over one epoch: the trainer's own batches vs the same rows in random order.
+
+    Every pad slot is computed by the model and then thrown away, so this share is wasted work.
+    """
+    pad = trainer.processing_class.pad_token_id
+    batches = list(trainer.get_train_dataloader())
+    real = sum(int((b["input_ids"] != pad).sum()) for b in batches)
+    configured = 1 - real / sum(b["input_ids"].numel() for b in batches)
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    order = random.Random(seed).sample(range(len(lengths)), len(lengths))
+    size = trainer.args.per_device_train_batch_size
+    chunks = [order[i:i + size] for i in range(0, len(order), size)]
+    random_order = 1 - sum(lengths) / sum(len(c) * max(lengths[i] for i in c) for c in chunks)
+    return {"configured": configured, "random_order": random_order}
 
 
 def trainable_parameters(model) -> tuple[int, int]:
