@@ -50,8 +50,11 @@ def test_preference_retention_is_a_share(metrics):
     assert 0.0 <= metrics["preferences"]["retention"] <= 1.0
 
 
-def test_dpo_reward_margin_grows(metrics):
-    assert metrics["dpo"]["reward_margin_last"] > metrics["dpo"]["reward_margin_first"]
+def test_dpo_reward_margin_grows_on_held_out_pairs(metrics):
+    # held-out pairs, not the last training batch: one logged batch of 4 pairs is too noisy to judge by
+    dpo = metrics["dpo"]
+    assert dpo["eval_reward_margin_first"] == 0.0  # the reference is the SFT model itself
+    assert dpo["eval_reward_margin_last"] > 0.0 and dpo["eval_loss_last"] < dpo["eval_loss_first"]
 
 
 def test_every_export_check_passes(metrics):
