@@ -21,15 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def padded_share(lengths: list[int], order: list[int], batch: int) -> float:
-    """Share of padding when `order` is cut into batches and each batch is padded to its longest row."""
-    real = slots = 0
-    for start in range(0, len(order), batch):
-        chunk = [lengths[i] for i in order[start:start + batch]]
-        real += sum(chunk)
-        slots += len(chunk) * max(chunk)
-    return 1 - real / slots
+from empathy_workbook.sft import padded_share  # noqa: E402  (the same measure notebook 01 prints)
 
 
 def sft_orders(lengths: list[int], batch: int, seed: int = 0) -> dict[str, list[int]]:

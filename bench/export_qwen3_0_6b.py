@@ -23,8 +23,8 @@ import datetime as dt
 import os
 import platform
 import shutil
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """Presets load into validated dataclasses; bad keys and values fail with a message naming them."""
 
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml

@@ -3,7 +3,6 @@ parameter checks, summary.json and the self-contained report."""
 
 import base64
 import json
-import sys
 
 import nbformat
 import pytest

@@ -6,20 +6,14 @@ import torch
 from empathy_workbook import sft, training
 from empathy_workbook.chat import END_TOKEN, render_prompt
 from empathy_workbook.config import load_config
+from helpers import sft_trainer
 
 
 def build(tiny_path, tokenizer, train_records, out_dir, eval_records=None, batching="padded", **train):
     values = {"batch_size": 4, "grad_accum": 1, "max_steps": 6, "eval_steps": 3, "save_steps": 3,
               "gradient_checkpointing": False, "warmup_ratio": 0.0, "learning_rate": 3e-3, **train}
     cfg = load_config("tiny", {"sft": {"train": values, "batching": batching}})
-    backend = training.prepare_backend(cfg.model, cfg.sft.train)
-    model, peft_config = training.load_model(tiny_path, backend, cfg.sft.train, cfg.sft.lora)
-    train_ds = sft.tokenized_dataset(train_records, tokenizer, cfg.sft.train.max_length)
-    eval_ds = sft.tokenized_dataset(eval_records, tokenizer, cfg.sft.train.max_length) if eval_records else None
-    args = sft.training_arguments(cfg.sft, backend, out_dir, has_eval=eval_ds is not None)
-    args.disable_tqdm = True
-    return sft.build_trainer(model, tokenizer, train_ds, args, eval_ds, peft_config,
-                             training.standard_callbacks(cfg.sft.train, eval_ds is not None))
+    return sft_trainer(cfg, tiny_path, tokenizer, train_records, out_dir, eval_records)
 
 
 def test_collator_labels_are_exactly_the_answer_and_end_token(tmp_path, tiny_path, tokenizer, records):

@@ -111,10 +111,18 @@ def padding_shares(trainer, seed: int = 0) -> dict:
     configured = 1 - real / sum(b["input_ids"].numel() for b in batches)
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     order = random.Random(seed).sample(range(len(lengths)), len(lengths))
-    size = trainer.args.per_device_train_batch_size
-    chunks = [order[i:i + size] for i in range(0, len(order), size)]
-    random_order = 1 - sum(lengths) / sum(len(c) * max(lengths[i] for i in c) for c in chunks)
-    return {"configured": configured, "random_order": random_order}
+    return {"configured": configured,
+            "random_order": padded_share(lengths, order, trainer.args.per_device_train_batch_size)}
+
+
+def padded_share(lengths: list[int], order: list[int], batch_size: int) -> float:
+    """Share of padding when `order` is cut into batches and each batch is padded to its longest row."""
+    real = slots = 0
+    for start in range(0, len(order), batch_size):
+        chunk = [lengths[i] for i in order[start:start + batch_size]]
+        real += sum(chunk)
+        slots += len(chunk) * max(chunk)
+    return 1 - real / slots
 
 
 def trainable_parameters(model) -> tuple[int, int]:
