@@ -9,10 +9,10 @@ copies go to artifacts/runs/<run>/notebooks/; at the end summary.json and report
 also when a notebook fails (the summary then names the notebook and the cell).
 
 When is a phase reused? When its metrics.json records the fingerprint that runtime.phase_fingerprint
-computes now (same config sections, same upstream fingerprints, same project version) AND the
-notebooks of the phase and of every phase it depends on still have the cell sources they had when it
-ran (the runner keeps those digests in notebooks/reuse.json) AND no phase it reads ran again in this
-invocation. Editing a notebook therefore re-runs it and everything downstream of it.
+computes now (fingerprint.py: config sections and seed, the bytes of its input files, the library
+modules its notebook imports, the notebook's cells, and the fingerprints of the phases it reads) AND no
+phase it reads ran again in this invocation. Editing a data file, a preset field, a library module or a
+notebook therefore re-runs the phases that use it and everything downstream of them, and nothing else.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Callable
 
 from .config import load_config
-from .io import read_json, sha256_text, write_json
+from .io import read_json, write_json
 from .paths import ARTIFACTS_DIR, NOTEBOOKS_DIR, RunPaths
-from .runtime import NOTEBOOKS, PHASE_INPUTS, phase_fingerprint
+from .fingerprint import notebook_digest  # noqa: F401  (part of the runner's interface)
+from .runtime import FINGERPRINT_FILE, NOTEBOOKS, PHASE_INPUTS, fingerprint_payload, payload_hash
 
 PHASE_ORDER = list(NOTEBOOKS)  # data, sft, preferences, dpo, export, eval
 # Parameters the runner passes besides preset and run_name. The evaluation notebook has widgets
 # (a viewer, a chat box) that need a live frontend; under papermill it shows static tables instead.
 EXTRA_PARAMETERS = {"eval": {"interactive": False}}
-REUSE_FILE = "reuse.json"
 
 
 class RunnerError(RuntimeError):
@@ -82,14 +82,7 @@ class RunPlan:
     results: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- fingerprints of notebooks
-
-
-def notebook_digest(path: Path) -> str:
-    """Hash of a notebook's cell types and sources: outputs, execution counts and metadata don't count."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    cells = [(c.get("cell_type", ""), "".join(c.get("source", ""))) for c in nb.get("cells", [])]
-    return sha256_text(json.dumps(cells))[:16]
+# ---------------------------------------------------------------- phase order
 
 
 def ancestors(phase: str) -> list[str]:
@@ -101,12 +94,6 @@ def ancestors(phase: str) -> list[str]:
             seen.add(name)
             todo.extend(PHASE_INPUTS[name])
     return [p for p in PHASE_ORDER if p in seen]
-
-
-def notebook_digests(phase: str, notebooks_dir: Path) -> dict[str, str]:
-    """Digests of the notebooks whose code shaped this phase's outputs (its own and its ancestors')."""
-    return {name: notebook_digest(notebooks_dir / NOTEBOOKS[name]) for name in ancestors(phase)
-            if (notebooks_dir / NOTEBOOKS[name]).exists()}
 
 
 # ---------------------------------------------------------------- parameters
@@ -150,23 +137,37 @@ def plan_phases(from_phase: str | None = None, to_phase: str | None = None, forc
     return RunPlan(phases, start, stop, force, from_phase is not None)
 
 
-def reuse_reason(phase: str, paths: RunPaths, fingerprint: str, digests: dict, state: dict,
-                 ran_now: set[str]) -> str | None:
+def reuse_reason(phase: str, paths: RunPaths, payload: dict, fingerprint: str, ran_now: set[str]) -> str | None:
     """Why a phase must run again, or None when its outputs can be reused."""
     metrics_path = paths.root / phase / "metrics.json"
     if not metrics_path.exists():
         return "no metrics.json yet"
     recorded = read_json(metrics_path).get("_fingerprint")
     if recorded != fingerprint:
-        return "config, upstream outputs or project version changed"
-    if state.get(phase, {}).get("notebooks") != digests:
-        changed = sorted(name for name in digests if state.get(phase, {}).get("notebooks", {}).get(name)
-                         != digests[name])
-        return f"notebook changed: {', '.join(NOTEBOOKS[n] for n in changed) or 'not run by the runner'}"
+        return "changed: " + (", ".join(changed_parts(paths.root / phase, payload)) or "its inputs")
     rerun_inputs = [name for name in PHASE_INPUTS[phase] if name in ran_now]
     if rerun_inputs:
         return f"input phase(s) {rerun_inputs} ran again"
     return None
+
+
+def changed_parts(phase_dir: Path, payload: dict) -> list[str]:
+    """What differs from the fingerprint payload the phase recorded when it ran: 'library: export.py', ..."""
+    recorded_path = phase_dir / FINGERPRINT_FILE
+    if not recorded_path.exists():
+        return []
+    recorded = read_json(recorded_path)
+    changed = []
+    for key in sorted(set(payload) | set(recorded)):
+        old, new = recorded.get(key), payload.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            changed.append(f"{key}: {', '.join(names)}")
+        else:
+            changed.append(key)
+    return changed
 
 
 # ---------------------------------------------------------------- execution
@@ -214,8 +215,6 @@ def run_pipeline(preset: str = "tiny", run_name: str = "demo", from_phase: str |
     paths = RunPaths.for_run(run_name, artifacts or ARTIFACTS_DIR)
     paths.root.mkdir(parents=True, exist_ok=True)
     executed_dir = paths.notebooks
-    state_path = executed_dir / REUSE_FILE
-    state = read_json(state_path) if state_path.exists() else {}
 
     run_range = plan.phases[plan.phases.index(plan.start):]
     for phase in run_range:  # every notebook checked before the first one runs
@@ -240,15 +239,15 @@ def run_pipeline(preset: str = "tiny", run_name: str = "demo", from_phase: str |
                 result.status, result.reason = "reused", f"--from {plan.start}"
                 log(f"{head} reused (--from {plan.start})")
                 continue
-            fingerprint = phase_fingerprint(phase, cfg, paths)
-            digests = notebook_digests(phase, notebooks_dir)
+            payload = fingerprint_payload(phase, cfg, paths, notebooks_dir)
+            fingerprint = payload_hash(payload)
             result.fingerprint = fingerprint
             if plan.force:
                 reason = "--force"
             elif plan.explicit_start:
                 reason = f"--from {plan.start}"
             else:
-                reason = reuse_reason(phase, paths, fingerprint, digests, state, ran_now)
+                reason = reuse_reason(phase, paths, payload, fingerprint, ran_now)
             if reason is None:
                 result.status, result.reason = "skipped", "inputs, config and notebook unchanged"
                 result.executed = str(executed) if executed.exists() else ""
@@ -270,8 +269,6 @@ def run_pipeline(preset: str = "tiny", run_name: str = "demo", from_phase: str |
                                   "with finish_phase(ctx, metrics)?")
             result.status = "ran"
             ran_now.add(phase)
-            state[phase] = {"fingerprint": read_json(metrics_path).get("_fingerprint"), "notebooks": digests}
-            write_json(state_path, state)
             log(f"{head} done in {result.seconds:.1f} s")
     except PhaseFailed as err:
         failure = err  # raised again after the summary and the report are written

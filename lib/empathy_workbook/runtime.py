@@ -5,8 +5,9 @@
     finish_phase(ctx, metrics)                              # metrics.json with the phase fingerprint
 
 A phase reads only what earlier phases wrote under artifacts/runs/<run>/ and writes only its own
-folder. Its fingerprint hashes its config sections, the fingerprints of the phases it reads and the
-project version, so the runner can skip a phase whose inputs did not change.
+folder. Its fingerprint (see `fingerprint.py`) hashes everything its result was made from: config
+sections and seed, the bytes of its input files, the library modules and the notebook it runs, and the
+fingerprints of the phases it reads. The runner skips a phase only when that hash is unchanged.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
 from .config import RunConfig, load_config
+from . import fingerprint as fp
 from .io import read_json, sha256_text, write_json, write_metrics
-from .paths import RunPaths
+from .paths import NOTEBOOKS_DIR, RunPaths
 
 # Which earlier phases each phase reads, and which config sections shape it.
 PHASE_INPUTS = {
@@ -39,6 +40,8 @@ PHASE_SECTIONS = {
     "export": ["export"],
     "eval": ["model", "eval"],
 }
+# What a phase's fingerprint was made from, written beside its outputs so the runner can say what changed.
+FINGERPRINT_FILE = "fingerprint.json"
 NOTEBOOKS = {
     "data": "00_prepare_data.ipynb",
     "sft": "01_sft_lora.ipynb",
@@ -93,15 +96,42 @@ def plot_style() -> None:
                                 "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
 
 
-def phase_fingerprint(phase: str, cfg: RunConfig, paths: RunPaths) -> str:
-    """Hash of the phase's config sections, its inputs' fingerprints and the project version."""
+def notebook_path(phase: str, notebooks_dir: Path | None = None) -> Path:
+    """The phase's source notebook: in `notebooks_dir`, else in the working folder (papermill and
+    JupyterLab run a notebook from its own folder), else in the repository's notebooks/."""
+    if notebooks_dir is not None:
+        return Path(notebooks_dir) / NOTEBOOKS[phase]
+    here = Path.cwd() / NOTEBOOKS[phase]
+    return here if here.exists() else NOTEBOOKS_DIR / NOTEBOOKS[phase]
+
+
+def fingerprint_payload(phase: str, cfg: RunConfig, paths: RunPaths, notebooks_dir: Path | None = None) -> dict:
+    """Everything a phase's result is made from (see fingerprint.py), as a JSON-able dict."""
     upstream = {}
     for name in PHASE_INPUTS[phase]:
         metrics = paths.root / name / "metrics.json"
         upstream[name] = read_json(metrics).get("_fingerprint") if metrics.exists() else None
-    payload = {"phase": phase, "version": __version__, "upstream": upstream,
-               "config": {s: cfg.section(s) for s in PHASE_SECTIONS[phase]}}
+    sections = {s: cfg.section(s) for s in PHASE_SECTIONS[phase]}
+    notebook = notebook_path(phase, notebooks_dir)
+    modules = fp.notebook_modules(notebook) if notebook.exists() else fp.module_closure({"runtime"})
+    return {
+        "phase": phase,
+        "seed": cfg.seed,
+        "config": sections,
+        "inputs": fp.input_digests(fp.phase_input_files(phase, cfg, sections)),
+        "library": fp.library_digest(modules),
+        "notebook": fp.notebook_digest(notebook) if notebook.exists() else None,
+        "upstream": upstream,
+    }
+
+
+def payload_hash(payload: dict) -> str:
     return sha256_text(json.dumps(payload, sort_keys=True))[:16]
+
+
+def phase_fingerprint(phase: str, cfg: RunConfig, paths: RunPaths, notebooks_dir: Path | None = None) -> str:
+    """Short hash of fingerprint_payload: equal only when nothing the phase was made from changed."""
+    return payload_hash(fingerprint_payload(phase, cfg, paths, notebooks_dir))
 
 
 def start_phase(phase: str, preset: str = "tiny", run_name: str = "demo", overrides: dict | None = None,
@@ -115,7 +145,9 @@ def start_phase(phase: str, preset: str = "tiny", run_name: str = "demo", overri
         write_json(paths.config_json, cfg.to_dict())
     seed_everything(cfg.seed)
     plot_style()
-    ctx = PhaseContext(phase, cfg, paths, out, phase_fingerprint(phase, cfg, paths))
+    payload = fingerprint_payload(phase, cfg, paths)
+    write_json(out / FINGERPRINT_FILE, payload)
+    ctx = PhaseContext(phase, cfg, paths, out, payload_hash(payload))
     print(f"phase {phase!r} | preset {cfg.preset!r} | run folder {paths.root}")
     return ctx
 

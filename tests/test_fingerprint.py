@@ -1,0 +1,147 @@
+"""Phase fingerprints come from content: editing a data file, a preset field, a library module or a
+notebook re-runs exactly the phases that use it and the phases downstream of them, nothing else.
+
+The edit matrix runs the real runner (`python -m empathy_workbook run`) in a copy of the repository whose
+notebooks are light stand-ins: each holds the real notebook's parameters cell and its import statements
+(in a block that never executes, so the fingerprint sees the same library code without the import cost),
+calls start_phase/finish_phase, and logs that it ran.
+"""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from empathy_workbook import fingerprint as fp
+from empathy_workbook.paths import REPO_ROOT
+from empathy_workbook.runner import PHASE_ORDER, ancestors
+from empathy_workbook.runtime import NOTEBOOKS
+
+BODY = """
+from empathy_workbook.runtime import finish_phase, start_phase
+ctx = start_phase({phase!r}, preset, run_name)
+with open(ctx.paths.root / "executions.log", "a") as log:
+    log.write({phase!r} + "\\n")
+finish_phase(ctx, {{"value": 1.0}})
+"""
+
+
+def import_lines(notebook: Path) -> str:
+    """The package import statements of a real notebook's code cells."""
+    lines = []
+    for kind, source in fp.notebook_cells(notebook):
+        tree = fp._parse(source) if kind == "code" else None
+        for node in ast.walk(tree) if tree is not None else []:
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and fp.imported_modules(node, relative_ok=False):
+                lines.append(ast.unparse(node))
+    return "\n".join(dict.fromkeys(lines))
+
+
+def stand_in(phase: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    real = nbformat.read(REPO_ROOT / "notebooks" / NOTEBOOKS[phase], as_version=4)
+    params = next(c for c in real.cells if "parameters" in c.metadata.get("tags", []))  # same parameters
+    imports = import_lines(REPO_ROOT / "notebooks" / NOTEBOOKS[phase])
+    # the fingerprint reads the imports from the source; not executing them keeps each kernel start cheap
+    unexecuted = "if False:  # the real notebook's imports\n" + "".join(f"    {line}\n" for line in imports.splitlines())
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {phase}"), params, nbformat.v4.new_code_cell(unexecuted),
+                nbformat.v4.new_code_cell(BODY.format(phase=phase))]
+    return nb
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of lib/, configs/ and data/ with stand-in notebooks; the runner runs there in a subprocess."""
+    root = tmp_path_factory.mktemp("repo")
+    for name in ("lib", "configs", "data"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "notebooks").mkdir()
+    for phase in PHASE_ORDER:
+        nbformat.write(stand_in(phase), root / "notebooks" / NOTEBOOKS[phase])
+    return root
+
+
+def run(repo: Path, *args: str) -> list[str]:
+    """Run the pipeline in the copy; return the phases that executed this time."""
+    log = repo / "artifacts" / "runs" / "t" / "executions.log"
+    before = log.read_text().split() if log.exists() else []
+    env = dict(os.environ, PYTHONPATH=str(repo / "lib"), EWB_ARTIFACTS=str(repo / "artifacts"))
+    env.pop("EWB_REPO_ROOT", None)
+    done = subprocess.run([sys.executable, "-m", "empathy_workbook", "run", "--preset", "tiny", "--run", "t", *args],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return log.read_text().split()[len(before):]
+
+
+def downstream(*phases: str) -> list[str]:
+    """The given phases and every phase that reads them, directly or not, in pipeline order."""
+    return [p for p in PHASE_ORDER if set(ancestors(p)) & set(phases)]
+
+
+def module_users(repo: Path) -> dict[str, set[str]]:
+    """For each library module, the phases whose notebooks import it (directly or not)."""
+    users: dict[str, set[str]] = {}
+    for phase in PHASE_ORDER:
+        for module in fp.notebook_modules(repo / "notebooks" / NOTEBOOKS[phase]):
+            users.setdefault(module, set()).add(phase)
+    return users
+
+
+def append_line(path: Path, line: str) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+@pytest.mark.slow
+def test_edit_matrix_reruns_exactly_what_depends_on_the_edit(repo):
+    assert run(repo) == PHASE_ORDER
+    assert run(repo) == []  # nothing changed: everything reused
+
+    # a data file only the evaluation reads: the eval suite
+    suite = repo / "data" / "eval_suite.jsonl"
+    rows = suite.read_text(encoding="utf-8").splitlines()
+    last = json.loads(rows[-1])
+    last["prompt"] = last["prompt"] + " (edited)"
+    suite.write_text("\n".join(rows[:-1] + [json.dumps(last)]) + "\n", encoding="utf-8")
+    assert run(repo) == ["eval"]
+
+    # a data file read by name in the preferences phase: the judge-agreement pairs
+    pairs = repo / "data" / "judge_pairs.jsonl"
+    pairs.write_text(pairs.read_text(encoding="utf-8").replace("\n", "\n", 1), encoding="utf-8")  # same bytes
+    assert run(repo) == []
+    append_line(pairs, pairs.read_text(encoding="utf-8").splitlines()[0])
+    assert run(repo) == downstream("preferences")
+
+    # one row appended to a training source: the data phase and everything after it
+    corpus = repo / "data" / "support_corpus.jsonl"
+    append_line(corpus, json.dumps({"Context": "I slipped on the stairs and now I'm scared to go down them.",
+                                    "Response": "That sounds frightening. Holding the rail helps."}))
+    assert run(repo) == PHASE_ORDER
+
+    # a preset field of one phase: that phase and what reads it
+    preset = repo / "configs" / "tiny.yaml"
+    preset.write_text(preset.read_text(encoding="utf-8").replace("  beta: 0.1", "  beta: 0.2"), encoding="utf-8")
+    assert run(repo) == downstream("dpo")
+
+    # a library module: the phases whose notebooks import it, and what reads them
+    users = module_users(repo)
+    module = min((m for m in users if users[m] != set(PHASE_ORDER)), key=lambda m: (len(users[m]), m))
+    append_line(repo / "lib" / "empathy_workbook" / f"{module}.py", "# an edit")
+    assert run(repo) == downstream(*users[module]), module
+
+    # a notebook: it and what reads its phase
+    notebook = repo / "notebooks" / NOTEBOOKS["preferences"]
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("A note a learner added."))
+    nbformat.write(nb, notebook)
+    assert run(repo) == downstream("preferences")
+
+    assert run(repo) == []
+    assert run(repo, "--force") == PHASE_ORDER
