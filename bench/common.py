@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from empathy_workbook.config import LORA_TARGETS  # noqa: F401 (common.LORA_TARGETS in the scripts)
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
@@ -37,7 +39,6 @@ SHAPES: dict[str, dict] = {
                      head_dim=128, intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True,
                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=40960),
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Token ids the random models use for end-of-turn / padding (Qwen3's real ids).
 IM_END_ID, PAD_ID = 151645, 151643
 IMPORT_RSS_MB = None  # set by `mark_imports_done()`

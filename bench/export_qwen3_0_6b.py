@@ -35,9 +35,7 @@ from empathy_workbook import export, gguf_checks, llamacpp
 from empathy_workbook.io import write_json
 from empathy_workbook.paths import REPO_ROOT
 
-QWEN3_0_6B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                  head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True,
-                  rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=40960)
+QWEN3_0_6B = common.SHAPES["qwen3-0.6b"]
 QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"]
 DECODE_FORMATS = ["F16", "Q8_0", "Q4_K_M"]
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from empathy_workbook import evaluate as ev
-from empathy_workbook import suite_checks, tables, ui
+from empathy_workbook import logprobs, suite_checks, tables, ui
 from empathy_workbook.config import SamplingConfig
 
 # ---------------------------------------------------------------- keyword checks
@@ -177,8 +177,8 @@ def test_category_scores_and_model_summary():
     assert summary["sft"]["perplexity"] == 12.5 and summary["dpo"]["perplexity"] is None
 
 
-def test_side_by_side_puts_models_next_to_each_other():
-    frame = tables.side_by_side(fake_table())
+def test_answers_by_prompt_puts_models_next_to_each_other():
+    frame = tables.answers_by_prompt(fake_table())
     assert list(frame["prompt_id"]) == ["p0", "p1", "p2", "p3"]
     assert frame.loc[2, "dpo answer"] == "dpo answer 2" and frame.loc[2, "sft score"] == 6
 
@@ -203,12 +203,13 @@ def test_score_rows_keeps_parse_failures():
 # ---------------------------------------------------------------- the tiny model
 
 
-def test_masked_nll_only_counts_answer_tokens():
+def test_nll_only_counts_answer_tokens():
     import numpy as np
 
-    log_probs = np.log(np.full((4, 3), 1 / 3))
-    total, count = ev._masked_nll(log_probs, [0, 1, 2, 0], [0, 0, 1, 1])
-    assert count == 2 and total == pytest.approx(2 * math.log(3))
+    rows, targets = logprobs.scored_positions([0, 1, 2, 0], [0, 0, 1, 1])
+    assert rows.tolist() == [1, 2] and targets.tolist() == [2, 0]  # logits at t predict token t+1
+    nll = logprobs.token_nll(np.zeros((4, 3), dtype=np.float32), rows, targets)
+    assert nll.tolist() == pytest.approx([math.log(3)] * 2)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import prompt_completion, tokenize_prompt_completion
+from .chat import prompt_completion, tokenize_prompt_completion, word_count  # noqa: F401 (data.word_count in notebook 00)
 
 FIELDS = ("Context", "Response")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -256,10 +256,6 @@ def to_records(pairs: list[Pair], system_prompt: str, split: str) -> list[dict]:
                        "source": Path(pair.source).name, "source_row": pair.row})
         records.append(record)
     return records
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
 
 
 def prepare_records(cfg, tokenizer, resolve=None) -> tuple[list[dict], list[dict], dict]:

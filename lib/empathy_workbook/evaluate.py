@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import prompt_messages, render_prompt, tokenize_prompt_completion
+from .chat import one_per_question, prompt_messages, render_prompt, tokenize_prompt_completion
 from .io import read_jsonl
-from .llamacpp import context_size, gguf_complete, load_gguf
+from .llamacpp import context_size, gguf_complete, gguf_scores, load_gguf
+from .logprobs import scored_positions, token_nll
 from .suite_checks import CATEGORIES, EXPECTATIONS, VALIDATION, answer_checks
 
 # ---------------------------------------------------------------- prompts
@@ -66,17 +67,9 @@ def load_suite(path: Path, system_prompt: str) -> list[EvalPrompt]:
 
 def validation_prompts(records: list[dict], n: int) -> list[EvalPrompt]:
     """The first n distinct validation questions (file order), each with its first reference answer."""
-    prompts, seen = [], set()
-    for record in records:
-        key = record.get("question_key") or record["prompt"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        prompts.append(EvalPrompt(f"val-{record.get('id', len(prompts))}", VALIDATION, VALIDATION,
-                                  record["prompt"], [], record["completion"][0]["content"]))
-        if len(prompts) == n:
-            break
-    return prompts
+    return [EvalPrompt(f"val-{record.get('id', number)}", VALIDATION, VALIDATION, record["prompt"], [],
+                       record["completion"][0]["content"])
+            for number, record in enumerate(one_per_question(records)[:n])]
 
 
 # ---------------------------------------------------------------- answering
@@ -85,7 +78,7 @@ def validation_prompts(records: list[dict], n: int) -> list[EvalPrompt]:
 def answer_with_transformers(model_path: str, prompts: list[EvalPrompt], sampling, device: str = "cpu",
                              precision: str = "fp32", trust_remote_code: bool = False, desc: str = "") -> list[dict]:
     """Answers of a transformers model folder (or hub id), with the shared seeded batched sampler."""
-    from .models import generate, load_causal_lm, load_tokenizer
+    from .models import free_memory, generate, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     model = load_causal_lm(model_path, device, precision, trust_remote_code)
@@ -93,18 +86,7 @@ def answer_with_transformers(model_path: str, prompts: list[EvalPrompt], samplin
         return generate(model, tokenizer, [p.messages for p in prompts], sampling, desc=desc or "answering")
     finally:
         del model
-        free_memory(device)
-
-
-def free_memory(device: str) -> None:
-    """Return freed model memory before the next model loads (four models, one after another)."""
-    import gc
-
-    gc.collect()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
+        free_memory()
 
 
 def answer_with_gguf(path: Path, tokenizer, prompts: list[EvalPrompt], sampling, n_threads: int = 0,
@@ -134,54 +116,37 @@ def perplexity_examples(tokenizer, prompts: list[EvalPrompt]) -> list[dict]:
     return [tokenize_prompt_completion(tokenizer, p.messages, p.reference) for p in prompts if p.reference]
 
 
-def _masked_nll(log_probs, ids: list[int], mask: list[int]) -> tuple[float, int]:
-    """Sum of -log p(token) over masked-in tokens (position t is predicted by the logits at t-1)."""
-    total, count = 0.0, 0
-    for t in range(1, len(ids)):
-        if mask[t]:
-            total -= float(log_probs[t - 1][ids[t]])
-            count += 1
-    return total, count
-
-
 def perplexity_transformers(model_path: str, examples: list[dict], device: str = "cpu", precision: str = "fp32",
                             trust_remote_code: bool = False) -> float:
     """exp(mean negative log-likelihood) of the answer tokens (answer + end token)."""
     import torch
 
-    from .models import load_causal_lm
+    from .models import free_memory, load_causal_lm
 
     model = load_causal_lm(model_path, device, precision, trust_remote_code)
     total, count = 0.0, 0
     with torch.no_grad():
         for example in examples:
             ids = example["input_ids"]
-            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
-            nll, n = _masked_nll(torch.log_softmax(logits, dim=-1).cpu().numpy(), ids, example["completion_mask"])
-            total, count = total + nll, count + n
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float().cpu().numpy()
+            nll = token_nll(logits, *scored_positions(ids, example["completion_mask"]))
+            total, count = total + float(nll.sum()), count + len(nll)
     del model
-    free_memory(device)
+    free_memory()
     return math.exp(total / count) if count else float("nan")
 
 
 def perplexity_gguf(path: Path, examples: list[dict], n_threads: int = 0) -> float:
     """The same perplexity through llama.cpp, fed the very same token ids."""
-    import numpy as np
-
     if not examples:
         return float("nan")
     llm = load_gguf(path, n_ctx=context_size(max(len(e["input_ids"]) for e in examples)), n_threads=n_threads,
                     logits_all=True)
     total, count = 0.0, 0
     for example in examples:
-        ids = example["input_ids"]
-        llm.reset()
-        llm.eval(ids)
-        logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-        nll, n = _masked_nll(log_probs, ids, example["completion_mask"])
-        total, count = total + nll, count + n
+        rows, targets = scored_positions(example["input_ids"], example["completion_mask"])
+        nll = token_nll(gguf_scores(llm, example["input_ids"]), rows, targets)
+        total, count = total + float(nll.sum()), count + len(nll)
     llm.close()
     return math.exp(total / count) if count else float("nan")
 

@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from .chat import END_TOKEN, PAD_TOKEN, has_think_leak, render_prompt, tokenize_prompt_completion
+from .chat import END_TOKEN, PAD_TOKEN, has_think_leak, one_per_question, render_prompt, tokenize_prompt_completion
 from .gguf_checks import GGUFError, gguf_metadata
 from .io import read_jsonl
-from .llamacpp import open_llama
+from .llamacpp import gguf_scores, open_llama
+from .logprobs import scored_positions, token_nll, token_statistics
 
 # Qwen's advice for non-thinking chat, repeated in the llama.rn section of the notebook.
 PHONE_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
@@ -56,27 +56,11 @@ def scoring_examples(records: list[dict], tokenizer, max_texts: int) -> list[dic
     return examples
 
 
-def _log_softmax(logits):
-    import numpy as np
-
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def _hf_logits(model, ids: list[int]):
     import torch
 
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-
-
-def _gguf_logits(llm, ids: list[int]):
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], copy=True)
 
 
 def quality_report(f16_path: Path, quant_paths: dict[str, Path], examples: list[dict], hf_model=None,
@@ -89,6 +73,8 @@ def quality_report(f16_path: Path, quant_paths: dict[str, Path], examples: list[
     positions where both put the highest probability on the same token. These are the numbers
     `llama-perplexity --kl-divergence` prints, computed here from per-token logits. When hf_model is
     given, its perplexity and KLD(transformers || F16) show what the conversion itself changed.
+    Memory stays bounded for a 152k vocabulary: logits are read from llama.cpp's own buffers and
+    turned into float64 probabilities a chunk of positions at a time (logprobs.token_statistics).
     """
     import numpy as np
 
@@ -98,23 +84,23 @@ def quality_report(f16_path: Path, quant_paths: dict[str, Path], examples: list[
     nll = {name: [] for name in models}
     kld = {q: [] for q in quant_paths}
     agree = {q: [] for q in quant_paths}
-    hf_nll, hf_kld, hf_agree = [], [], []
+    hf_nll, hf_kld, hf_agree, hf_diff = [], [], [], []
     for example in examples:
-        ids, mask = example["input_ids"], example["mask"]
-        rows = [t for t in range(len(ids) - 1) if mask[t + 1]]
-        targets = np.array([ids[t + 1] for t in rows])
-        logp = {name: _log_softmax(_gguf_logits(llm, ids)[rows]) for name, llm in models.items()}
-        for name, lp in logp.items():
-            nll[name].extend((-lp[np.arange(len(rows)), targets]).tolist())
-        p16 = np.exp(logp["F16"])
+        ids = example["input_ids"]
+        rows, targets = scored_positions(ids, example["mask"])
+        scores = {name: gguf_scores(llm, ids) for name, llm in models.items()}  # views, no copies
+        nll["F16"].extend(token_nll(scores["F16"], rows, targets).tolist())
         for q in quant_paths:
-            kld[q].extend((p16 * (logp["F16"] - logp[q])).sum(axis=-1).tolist())
-            agree[q].extend((logp["F16"].argmax(-1) == logp[q].argmax(-1)).tolist())
+            stats = token_statistics(scores["F16"], scores[q], rows, targets)
+            nll[q].extend(stats["other_nll"].tolist())
+            kld[q].extend(stats["kld"].tolist())
+            agree[q].extend(stats["agree"].tolist())
         if hf_model is not None:
-            lp_hf = _log_softmax(_hf_logits(hf_model, ids)[rows])
-            hf_nll.extend((-lp_hf[np.arange(len(rows)), targets]).tolist())
-            hf_kld.extend((np.exp(lp_hf) * (lp_hf - logp["F16"])).sum(axis=-1).tolist())
-            hf_agree.extend((lp_hf.argmax(-1) == logp["F16"].argmax(-1)).tolist())
+            stats = token_statistics(_hf_logits(hf_model, ids), scores["F16"], rows, targets)
+            hf_nll.extend(stats["ref_nll"].tolist())
+            hf_kld.extend(stats["kld"].tolist())
+            hf_agree.extend(stats["agree"].tolist())
+            hf_diff.extend(stats["max_logit_diff"].tolist())
     report = {
         "tokens_scored": len(nll["F16"]),
         "texts": len(examples),
@@ -126,7 +112,9 @@ def quality_report(f16_path: Path, quant_paths: dict[str, Path], examples: list[
     if hf_model is not None:
         report["perplexity_transformers"] = float(math.exp(np.mean(hf_nll)))
         report["kld_f16_vs_transformers"] = {"mean": float(np.mean(hf_kld)), "p99": float(np.percentile(hf_kld, 99)),
-                                             "top_token_agreement": float(np.mean(hf_agree))}
+                                             "top_token_agreement": float(np.mean(hf_agree)),
+                                             "max_logit_diff": float(np.max(hf_diff)),
+                                             "max_logit_diff_p99": float(np.percentile(hf_diff, 99))}
     return report
 
 
@@ -156,14 +144,16 @@ def _gguf_greedy(llm, prompt_ids: list[int], k: int) -> list[int]:
 
 
 def greedy_parity(hf_model, tokenizer, gguf_path: Path, conversations: list[list[dict]], k: int,
-                  n_threads: int = 0) -> dict:
+                  n_threads: int = 0, tie_margin: float = 0.05) -> dict:
     """Do transformers and the GGUF (through llama.cpp) pick the same k greedy tokens?
 
     Each side tokenizes the rendered prompt itself, as an app would, and takes exactly k greedy steps:
     an end token counts as a token and decoding continues past it, so every prompt compares k
-    choices even when a model stops early. At a mismatch, the transformers logit margin between its
-    choice and llama.cpp's tells a real defect (large margin) from a near tie flipped by 16-bit
-    rounding (tiny margin).
+    choices even when a model stops early. At the first mismatch of a prompt, the transformers logit
+    margin between its choice and llama.cpp's tells a near tie flipped by 16-bit rounding (margin at
+    most tie_margin: verdict "near_tie") from a real defect (verdict "mismatch"); after that step the
+    two continuations start from different text and are not compared further.
+    Returns match (all identical), ok (no real mismatch), and the prompt and position of each difference.
     """
     prompts = [render_prompt(tokenizer, messages) for messages in conversations]
     n_ctx = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) + k + 8
@@ -173,27 +163,34 @@ def greedy_parity(hf_model, tokenizer, gguf_path: Path, conversations: list[list
         hf_ids = _hf_greedy(hf_model, tokenizer(prompt, add_special_tokens=False)["input_ids"], k)
         gguf_ids = _gguf_greedy(llm, llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True), k)
         texts.append(tokenizer.decode(hf_ids, skip_special_tokens=False))
-        row = {"prompt": index, "match": hf_ids == gguf_ids, "tokens": len(hf_ids), "first_mismatch": None}
-        if not row["match"]:
-            first = next(i for i, (a, b) in enumerate(zip(hf_ids, gguf_ids)) if a != b)
-            prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"] + hf_ids[:first]
-            logits = _hf_logits(hf_model, prefix)[-1]
-            row.update(first_mismatch=first, hf_margin=float(logits[hf_ids[first]] - logits[gguf_ids[first]]))
-        rows.append(row)
-    return {"match": all(r["match"] for r in rows), "prompts": len(rows), "k": k, "rows": rows, "texts": texts}
+        rows.append(_parity_row(index, hf_model, tokenizer, prompt, hf_ids, gguf_ids, tie_margin))
+    differences = [{key: r[key] for key in ("prompt", "first_mismatch", "verdict", "hf_margin", "hf_token", "gguf_token")}
+                   for r in rows if not r["match"]]
+    return {"match": all(r["match"] for r in rows), "ok": all(r["verdict"] != "mismatch" for r in rows),
+            "near_ties": sum(r["verdict"] == "near_tie" for r in rows), "tie_margin": tie_margin,
+            "differences": differences, "prompts": len(rows), "k": k, "rows": rows, "texts": texts}
+
+
+def _parity_row(index: int, hf_model, tokenizer, prompt: str, hf_ids: list[int], gguf_ids: list[int],
+                tie_margin: float) -> dict:
+    """One prompt's comparison: where the two greedy sequences first differ, and whether it is a near tie."""
+    row = {"prompt": index, "match": hf_ids == gguf_ids, "tokens": len(hf_ids), "first_mismatch": None,
+           "verdict": "match", "hf_margin": None, "hf_token": None, "gguf_token": None}
+    if row["match"]:
+        return row
+    first = next((i for i, (a, b) in enumerate(zip(hf_ids, gguf_ids)) if a != b), min(len(hf_ids), len(gguf_ids)))
+    if first >= min(len(hf_ids), len(gguf_ids)):  # one side produced fewer tokens: nothing to weigh
+        return dict(row, first_mismatch=first, verdict="mismatch")
+    prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"] + hf_ids[:first]
+    logits = _hf_logits(hf_model, prefix)[-1]
+    margin = float(logits[hf_ids[first]] - logits[gguf_ids[first]])
+    return dict(row, first_mismatch=first, hf_margin=margin, verdict="near_tie" if margin <= tie_margin else "mismatch",
+                hf_token=tokenizer.decode([hf_ids[first]]), gguf_token=tokenizer.decode([gguf_ids[first]]))
 
 
 def distinct_prompts(records: list[dict], n: int) -> list[list[dict]]:
     """The first n different prompts (a question can have several answers, i.e. several records)."""
-    seen, prompts = set(), []
-    for record in records:
-        key = json.dumps(record["prompt"], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(record["prompt"])
-        if len(prompts) == n:
-            break
-    return prompts
+    return [record["prompt"] for record in one_per_question(records)[:n]]
 
 
 def chat_formatter(path: Path, enable_thinking: bool | None = False):

@@ -73,3 +73,15 @@ def gguf_complete(llm, prompt_text: str, sampling, seed: int, max_tokens: int | 
 def context_size(tokens: int) -> int:
     """A context window that fits `tokens`, rounded up to a multiple of 256 (at least 512)."""
     return max(512, int(math.ceil((tokens + 8) / 256) * 256))
+
+
+
+def gguf_scores(llm, ids: list[int]):
+    """Evaluate ids and return the logits of every position (llm opened with logits_all=True).
+
+    The result is a view into llama.cpp's own (n_ctx, vocab) float32 buffer, not a copy: it stays
+    valid until the next eval on the same llm.
+    """
+    llm.reset()
+    llm.eval(ids)
+    return llm.scores[: len(ids)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .chat import has_think_leak
+from .chat import has_think_leak, word_count
 
 CATEGORIES = ("fall_risk", "emotional_distress", "resistance_denial", "safety_critical", "boundary_testing")
 EXPECTATIONS = ("empathetic", "urge_medical_attention", "decline_diagnosis_or_prescription")
@@ -105,10 +105,6 @@ def declines_diagnosis_or_prescription(text: str) -> bool:
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
 
 
 def distinct_2(text: str) -> float:

@@ -137,7 +137,7 @@ def checks_table(table):
     return pd.DataFrame(rows).set_index("model")
 
 
-def side_by_side(table):
+def answers_by_prompt(table):
     """One row per prompt: the question, then each model's answer and score next to each other."""
     wide = table.pivot(index="prompt_id", columns="model", values=["answer", "score"])
     info = table.drop_duplicates("prompt_id").set_index("prompt_id")[["suite", "category", "question"]]
