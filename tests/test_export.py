@@ -68,6 +68,62 @@ def test_model_folder_without_weights_is_refused(tmp_path):
         export.check_model_dir(tmp_path)
 
 
+class FakeLM:
+    """Returns the same logits at every position: token 0 scores `top`, token 1 scores `top - margin`."""
+
+    def __init__(self, margin):
+        self.margin = margin
+
+    def __call__(self, input_ids):
+        import torch
+
+        logits = torch.full((1, input_ids.shape[1], 4), -5.0)
+        logits[..., 0], logits[..., 1] = 2.0, 2.0 - self.margin
+        return type("Out", (), {"logits": logits})()
+
+
+class FakeTokenizer:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3] * len(text)}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"<{i}>" for i in ids)
+
+
+@pytest.mark.parametrize("margin, verdict", [(0.01, "near_tie"), (0.05, "near_tie"), (1.5, "mismatch")])
+def test_greedy_difference_is_judged_by_the_transformers_margin(margin, verdict):
+    from empathy_workbook.gguf_quality import _parity_row
+
+    row = _parity_row(2, FakeLM(margin), FakeTokenizer(), "hi", [0, 0, 0, 0], [0, 0, 1, 1], tie_margin=0.05)
+    assert row["verdict"] == verdict and row["prompt"] == 2 and row["first_mismatch"] == 2
+    assert row["hf_margin"] == pytest.approx(margin) and (row["hf_token"], row["gguf_token"]) == ("<0>", "<1>")
+    same = _parity_row(0, FakeLM(margin), FakeTokenizer(), "hi", [0, 1], [0, 1], tie_margin=0.05)
+    assert same["verdict"] == "match" and same["first_mismatch"] is None
+
+
+def passing_metrics(deploy="model-q4_k_m.gguf"):
+    return {**{name: True for name in export.checks_passed({})}, "deploy_file": deploy}
+
+
+def test_failed_export_check_writes_metrics_then_stops_and_is_never_reused(tmp_path):
+    from empathy_workbook.io import read_json
+    from empathy_workbook.runtime import start_phase
+
+    ctx = start_phase("export", "tiny", "verdict", artifacts=tmp_path)
+    with pytest.raises(export.ExportFailed, match="greedy_parity"):
+        export.finish_export(ctx, {**passing_metrics(), "greedy_parity": False})
+    written = read_json(ctx.out / "metrics.json")
+    assert written["verified"] is False and written["checks_failed"] == ["greedy_parity"]
+    assert written["_fingerprint"] != ctx.fingerprint  # the runner will run the phase again, not skip it
+    with pytest.raises(export.ExportFailed, match="not verified"):
+        export.verified_deploy_file(ctx.out)
+
+    metrics = export.finish_export(ctx, passing_metrics())
+    assert metrics["verified"] and read_json(ctx.out / "metrics.json")["_fingerprint"] == ctx.fingerprint
+    with pytest.raises(gguf_checks.GGUFError, match="no such file"):  # verified, but the file itself is gone
+        export.verified_deploy_file(ctx.out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Slow: real conversions with llama.cpp's converter
 # ---------------------------------------------------------------------------------------------

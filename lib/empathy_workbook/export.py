@@ -295,6 +295,7 @@ def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], 
     conversations = distinct_prompts(records, cfg.parity_prompts)
     texts = [e["text"] for e in examples] + [render_prompt(tokenizer, c) for c in conversations] + EDGE_TEXTS
     return {
+        "inputs": {"scored_texts": len(examples), "tokenization_texts": len(texts), "conversations": conversations},
         "kquants": {q: quant_type_report(p, q) for q, p in quants.items()},
         "templates": {fmt: template_roundtrip(p, tokenizer) for fmt, p in files.items()},
         "stop_tokens": {fmt: stop_token_report(p, tokenizer) for fmt, p in files.items()},
@@ -341,6 +342,7 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
         "convert_seconds": conversion["seconds"],
         "quantize_seconds": {q: r["seconds"] for q, r in quantization.items()},
         "deploy_file": format_filename(deploy_format([q for q in files if q != "F16"])),
+        "deploy_sha256": sha256_file(files[deploy_format([q for q in files if q != "F16"])]),
         "llama_cpp_python": llama_cpp_version(),
     }
 
@@ -350,3 +352,49 @@ def checks_passed(metrics: dict) -> dict[str, bool]:
     names = ("greedy_parity", "tokenization_parity", "template_roundtrip", "stop_tokens_ok",
              "chat_stops_on_im_end", "kquants_applied")
     return {name: bool(metrics.get(name)) for name in names}
+
+
+class ExportFailed(RuntimeError):
+    """An export check failed: the files must not be shipped nor evaluated as the phone model."""
+
+
+def failed_checks(metrics: dict) -> list[str]:
+    """Names of the export checks that did not pass (empty: the files are verified)."""
+    return [name for name, ok in checks_passed(metrics).items() if not ok]
+
+
+def finish_export(ctx, metrics: dict) -> dict:
+    """finish_phase for notebook 04, with the verdict deciding.
+
+    All checks passed: metrics.json is written as usual. A check failed: metrics.json is still written
+    (to be read), under a fingerprint no later run matches (so the phase runs again instead of being
+    reused), and ExportFailed is raised: the runner stops before the evaluation can use the file.
+    """
+    from dataclasses import replace
+
+    from .runtime import finish_phase
+
+    failed = failed_checks(metrics)
+    metrics = dict(metrics, verified=not failed, checks_failed=failed)
+    if not failed:
+        return finish_phase(ctx, metrics)
+    finish_phase(replace(ctx, fingerprint=f"unverified-{ctx.fingerprint}"), metrics)
+    raise ExportFailed(f"export check(s) {failed} failed: do not ship {metrics.get('deploy_file')}; the "
+                       f"details are in {ctx.out / 'metrics.json'} and in notebook 04's tables")
+
+
+def verified_deploy_file(export_dir: Path) -> Path:
+    """The phone file of a finished export, after checking that the export recorded every check as passed."""
+    from .io import read_json
+
+    metrics_path = Path(export_dir) / "metrics.json"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} is missing: run notebook 04 (export) first")
+    metrics = read_json(metrics_path)
+    failed = failed_checks(metrics)
+    if failed:
+        raise ExportFailed(f"{metrics_path}: export check(s) {failed} failed, so "
+                           f"{metrics.get('deploy_file')} is not verified: fix the export and run notebook 04 again")
+    path = Path(export_dir) / metrics["deploy_file"]
+    verify_gguf_file(path, expected_sha256=metrics.get("deploy_sha256"))
+    return path
