@@ -25,9 +25,7 @@ finished files here, which also makes it an independent second reader of what th
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -38,6 +36,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 from .chat import render_prompt
 from .gguf_checks import (EDGE_TEXTS, GGUFError, quant_type_report, stop_token_report, template_roundtrip,
@@ -126,18 +126,6 @@ def _extract_converter(sdist: Path, version: str, dest: Path) -> list[str]:
     return kept
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock, so two notebooks or tests never fetch into the same cache at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_converter(version: str | None = None, log=print) -> Path:
     """Folder with llama.cpp's converter for the installed llama-cpp-python, fetched and cached once.
 
@@ -149,7 +137,8 @@ def ensure_converter(version: str | None = None, log=print) -> Path:
     root = cache_dir("converter") / version
     target = root / "llama.cpp"
     marker = root / "converter.json"
-    with _file_lock(root / ".lock"):
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / ".lock"):  # two notebooks or tests never fetch into the same cache at once
         if marker.exists() and (target / "convert_hf_to_gguf.py").exists():
             return target
         with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
