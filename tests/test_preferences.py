@@ -1,7 +1,6 @@
 """Phase 3: degradations, resumable candidate generation, the gap filter, retention and judge agreement."""
 
 import json
-import math
 
 import pytest
 
@@ -303,16 +302,16 @@ def test_judge_pairs_file_is_validated(tmp_path):
 def test_shipped_judge_pairs_are_valid_and_the_rubric_can_be_measured(tmp_path):
     from empathy_workbook.paths import DATA_DIR
 
-    path = DATA_DIR / "judge_pairs.jsonl"
-    if not path.exists():
-        pytest.skip("data/judge_pairs.jsonl is not there yet")
-    pairs = prefs.load_judge_pairs(path)
+    pairs = prefs.load_judge_pairs(DATA_DIR / "judge_pairs.jsonl")
     assert len(pairs) >= 20
     summary, rows = prefs.judge_agreement(get_judge(JudgeConfig(backend="rubric"), cache_dir=tmp_path), pairs,
                                           progress=False)
     assert summary["parse_failures"] == 0  # the rubric always answers
-    assert summary["agree"] + summary["ties"] + summary["disagree"] == len(pairs)
-    assert 0 <= summary["agreement"] <= 1 and not math.isnan(summary["agreement"])
+    # Measured 2026-12-01: 27 of 27 pairs agree, mean margin 1.9 points. Each pair's worse answer has one
+    # flaw written to be caught; more than 4 of 27 missed (agreement < 0.85), or a margin under 1 point,
+    # means a change to the rubric or the pairs stopped it separating the flaws it was built for.
+    assert summary["agreement"] >= 0.85, summary
+    assert summary["mean_margin"] >= 1.0, summary
 
 
 def test_presets_have_a_valid_preferences_section():

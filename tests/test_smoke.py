@@ -46,8 +46,11 @@ def test_sft_validation_loss_falls(metrics):
     assert metrics["sft"]["eval_loss_last"] < metrics["sft"]["eval_loss_first"]
 
 
-def test_preference_retention_is_a_share(metrics):
-    assert 0.0 <= metrics["preferences"]["retention"] <= 1.0
+def test_preference_retention_is_kept_over_judged_and_the_filter_did_filter(metrics):
+    prefs = metrics["preferences"]
+    scored = prefs["filter"]["scored"]  # pairs with both answers judged (parse failures are not in it)
+    assert scored > 0 and prefs["retention"] == pytest.approx(prefs["kept"] / scored, abs=1e-3)
+    assert 0 < prefs["kept"] < scored  # the gap filter kept some pairs and dropped others
 
 
 def test_dpo_reward_margin_grows_on_held_out_pairs(metrics):
@@ -71,6 +74,9 @@ def test_four_models_scored_on_the_whole_suite(metrics):
     for name, model in evaluation["models"].items():
         assert model["suite_answers"] == 30 and model["suite_scored"] == 30, name
         assert model["perplexity"] is not None and model["perplexity"] > 1.0, name
-    for pair in ("dpo_vs_sft", "sft_vs_base"):
-        rates = evaluation["win_rates"][pair]
-        assert rates["wins"] + rates["ties"] + rates["losses"] == rates["n"] > 0
+    prompts = evaluation["suite_prompts"] + evaluation["val_prompts"]
+    for pair in ("dpo_vs_sft", "sft_vs_base", "gguf_vs_dpo"):
+        first, second = pair.split("_vs_")
+        failures = evaluation["models"][first]["judge_parse_failures"] + evaluation["models"][second]["judge_parse_failures"]
+        # every prompt both models answered with a parsed score is compared, and no other
+        assert prompts - failures <= evaluation["win_rates"][pair]["n"] <= prompts, pair

@@ -116,7 +116,9 @@ def test_finished_or_foreign_checkpoints_are_not_resumed(tmp_path):
 
 
 @pytest.mark.slow
-def test_merge_and_save_matches_base_plus_adapter(tmp_path, tiny_path, tokenizer, records):
+def test_merge_and_save_adds_exactly_the_adapter_delta(tmp_path, tiny_path, tokenizer, records):
+    """Merged = base + B @ A * alpha / r on every adapted weight (up to the 16-bit save), nothing else moves,
+    and the merged model computes the adapter model's logits, which differ clearly from the base's."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -124,19 +126,49 @@ def test_merge_and_save_matches_base_plus_adapter(tmp_path, tiny_path, tokenizer
     cfg = small_cfg(max_steps=2, save_steps=2)
     trainer = sft_trainer(cfg, tiny_path, tokenizer, train[:8], tmp_path / "ckpt")
     trainer.train()
+    peft_model = trainer.model.eval()
+    # Two steps move B only a little; a seeded push makes the delta far larger than 16-bit rounding, so a
+    # merge that dropped or mis-scaled the adapter could not pass the comparisons below.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
     adapter = training.save_adapter(trainer, tmp_path / "adapter")
     merged_dir = training.merge_and_save(adapter, tiny_path, tmp_path / "merged", tokenizer)
+    assert (merged_dir / "tokenizer.json").exists() and not (tmp_path / "merged.tmp").exists()
 
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
     assert next(merged.parameters()).dtype in (torch.float16, torch.bfloat16)  # saved in 16 bits
-    assert (merged_dir / "tokenizer.json").exists() and not (tmp_path / "merged.tmp").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    merged_w = {k: v.float() for k, v in merged.state_dict().items()}
+    base_w = base.state_dict()
+    scale = cfg.sft.lora.alpha / cfg.sft.lora.r
+    adapted = set()
+    for name, module in peft_model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
+            continue
+        key = name.split("base_model.model.", 1)[1] + ".weight"
+        delta = (module.lora_B["default"].weight @ module.lora_A["default"].weight).detach() * scale
+        expected = base_w[key] + delta
+        rounding = expected.abs() * 2**-7 + 1e-6  # bf16 rounds to 8 significant bits (≤ 2^-8 relative): 2x margin
+        assert (merged_w[key] - expected).abs().le(rounding).all(), key
+        assert delta.abs().mean() > 10 * rounding.mean(), key  # the delta stands far above the rounding
+        adapted.add(key)
+    assert len(adapted) == base.config.num_hidden_layers * len(cfg.sft.lora.target_modules)
+    assert {k.rsplit(".", 2)[-2] for k in adapted} == set(cfg.sft.lora.target_modules)
+    for key, value in base_w.items():  # everything without an adapter is the base, up to the 16-bit save
+        if key not in adapted:
+            assert (merged_w[key] - value).abs().le(value.abs() * 2**-7 + 1e-6).all(), key
+
     ids = torch.tensor([trainer.train_dataset[0]["input_ids"][:40]])
-    peft_model = trainer.model.eval()
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits.float()
         got = merged.float()(input_ids=ids).logits
-    assert not torch.allclose(expected, torch.zeros_like(expected))
-    assert torch.allclose(expected, got, atol=0.05, rtol=0.05)  # 16-bit rounding only
+        before = base(input_ids=ids).logits
+    tolerance = 0.05
+    assert (expected - before).abs().max() > 10 * tolerance  # the adapter changes what the model computes
+    assert torch.allclose(expected, got, atol=tolerance, rtol=0.0)  # the merged model computes it too
 
 
 def test_spot_check_records_are_fixed_and_distinct(records):

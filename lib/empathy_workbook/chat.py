@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
@@ -91,3 +92,22 @@ def mark_trained_tokens(tokenizer, input_ids: list[int], mask: list[int], html: 
     if inside:
         out.append("⟧")
     return "".join(out)
+
+
+def word_count(text: str) -> int:
+    """Words as a reader counts them (runs of non-space): data filters, pair statistics and eval budgets."""
+    return len(text.split())
+
+
+def one_per_question(records: list[dict]) -> list[dict]:
+    """The first record of each question, in file order (a question can have several answers = records).
+
+    Records of notebook 00 carry question_key (the normalized question); others are keyed by the prompt.
+    """
+    seen, kept = set(), []
+    for record in records:
+        key = record.get("question_key") or json.dumps(record["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept

@@ -8,8 +8,6 @@ Notebooks may override single fields (papermill parameters) through ``load_confi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -226,6 +224,8 @@ class ExportConfig:
     kld_max_texts: int = _help("validation answers used for perplexity and KL divergence", 32)
     parity_prompts: int = _help("prompts checked for greedy parity (transformers vs F16 GGUF)", 4)
     parity_tokens: int = _help("first K greedy tokens that must match", 16)
+    parity_tie_margin: float = _help("a greedy difference whose transformers logit margin is at most this is a "
+                                     "near tie (16-bit rounding), not a failure", 0.05)
     n_threads: int = _help("llama.cpp threads (0 = all cores)", 0)
     answer_prompts: int = _help("validation prompts answered by F16 and the phone file side by side", 3)
     chat_max_tokens: int = _help("token budget of the chat completion that must end on <|im_end|>", 96)
@@ -241,6 +241,8 @@ class ExportConfig:
         for name in ("kld_max_texts", "parity_prompts", "parity_tokens", "answer_prompts", "chat_max_tokens"):
             _require(getattr(self, name) >= 1, f"export.{name}={getattr(self, name)}: use at least 1")
         _require(self.n_threads >= 0, f"export.n_threads={self.n_threads}: use 0 (all cores) or a positive count")
+        _require(self.parity_tie_margin >= 0, f"export.parity_tie_margin={self.parity_tie_margin}: use 0 (exact "
+                 "parity) or a small positive logit margin such as 0.05")
 
 
 @dataclass
@@ -280,11 +282,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def fingerprint(self, *sections: str) -> str:
-        """Short hash of the given sections (all when none are named)."""
-        payload = {s: self.section(s) for s in (sections or [f.name for f in fields(self)])}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _build(cls, values: dict, where: str):

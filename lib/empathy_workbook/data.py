@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import prompt_completion, tokenize_prompt_completion
+from .chat import prompt_completion, tokenize_prompt_completion, word_count  # noqa: F401 (data.word_count in notebook 00)
 
 FIELDS = ("Context", "Response")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -258,27 +258,47 @@ def to_records(pairs: list[Pair], system_prompt: str, split: str) -> list[dict]:
     return records
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
+@dataclass
+class Prepared:
+    """Everything prepare_records did, step by step (notebook 00 shows each); unpacks as (train, val, counts)."""
+
+    sources: dict  # resolved source → rows loaded from it
+    loaded: list  # every pair as loaded, before cleaning
+    report: CleanReport
+    cleaned: list  # after cleaning, empty and duplicate pairs dropped
+    lengths: list  # rendered length in tokens of each cleaned pair
+    too_long: list
+    train_pairs: list
+    val_pairs: list
+    train_records: list
+    val_records: list
+    counts: dict
+
+    def __iter__(self):
+        return iter((self.train_records, self.val_records, self.counts))
 
 
-def prepare_records(cfg, tokenizer, resolve=None) -> tuple[list[dict], list[dict], dict]:
-    """The whole phase in one call (tests and scripts; the notebook runs the steps one by one to show them).
+def prepare_records(cfg, tokenizer, resolve=None) -> Prepared:
+    """The whole phase in one call (notebook 00, tests and scripts): load, clean, length-filter, split, format.
 
-    cfg is a DataConfig; resolve maps a preset path to a local path (default: config.data_path).
-    Returns (train_records, val_records, counts).
+    cfg is a DataConfig; resolve maps a preset path to a local path (default: config.data_path; a hub id
+    stays as it is). `train, val, counts = prepare_records(...)` works; the result also keeps every
+    intermediate step (see Prepared).
     """
     from .config import data_path
 
     resolve = resolve or (lambda src: str(data_path(src)) if data_path(src).exists() else src)
-    pairs = []
+    sources, loaded = {}, []
     for src in [cfg.source, *cfg.mix_in]:
-        pairs += load_pairs(resolve(src))
-    loaded = len(pairs)
-    pairs, report = clean_pairs(pairs)
-    pairs, too_long = filter_by_length(pairs, token_lengths(pairs, tokenizer, cfg.system_prompt), cfg.max_tokens)
-    train, val = split_by_question(pairs, cfg.val_fraction, cfg.seed)
-    counts = {"loaded": loaded, "dropped_empty": len(report.dropped_empty),
+        pairs = load_pairs(resolve(src))
+        sources[resolve(src)] = len(pairs)
+        loaded += pairs
+    cleaned, report = clean_pairs(loaded)
+    lengths = token_lengths(cleaned, tokenizer, cfg.system_prompt)
+    kept, too_long = filter_by_length(cleaned, lengths, cfg.max_tokens)
+    train, val = split_by_question(kept, cfg.val_fraction, cfg.seed)
+    counts = {"loaded": len(loaded), "dropped_empty": len(report.dropped_empty),
               "dropped_duplicates": len(report.dropped_duplicates), "dropped_too_long": len(too_long),
               "train": len(train), "val": len(val)}
-    return to_records(train, cfg.system_prompt, "train"), to_records(val, cfg.system_prompt, "val"), counts
+    return Prepared(sources, loaded, report, cleaned, lengths, too_long, train, val,
+                    to_records(train, cfg.system_prompt, "train"), to_records(val, cfg.system_prompt, "val"), counts)

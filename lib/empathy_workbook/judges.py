@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import secrets
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import JudgeConfig, SamplingConfig
 from .io import append_jsonl, iter_jsonl, sha256_text
+from .llamacpp import open_llama
 from .paths import cache_dir as _cache_dir
 
 CRITERIA = ("acknowledgment", "validation", "warmth", "actionability", "safety")
@@ -534,9 +534,7 @@ class LlamaCppJudge(Judge):
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            threads = self.n_threads or os.cpu_count() or 1
-            self._llm = llama_cpp.Llama(self.cfg.model, n_ctx=self.cfg.n_ctx, n_threads=threads,
-                                        n_threads_batch=threads, seed=self.seed, verbose=False)
+            self._llm = open_llama(self.cfg.model, self.cfg.n_ctx, self.n_threads, seed=self.seed)
             template = self._llm.metadata.get("tokenizer.chat_template")
             if not template:
                 raise ValueError(f"{self.cfg.model}: no tokenizer.chat_template in the GGUF metadata; the judge "
@@ -585,7 +583,3 @@ def get_judge(cfg: JudgeConfig, cache_dir: Path | None = None, use_cache: bool =
         return LlamaCppJudge(cfg, cache_dir, use_cache, **kwargs)
     raise ValueError(f"judge.backend={cfg.backend!r}: use 'rubric', 'transformers' or 'llama_cpp'")
 
-
-def result_row(result: JudgeResult) -> dict:
-    """A JudgeResult as a JSON-able dict."""
-    return asdict(result)

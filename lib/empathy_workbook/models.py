@@ -163,6 +163,17 @@ def peak_memory_mb(device: str = "cpu") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def free_memory() -> None:
+    """Give memory back after a model is deleted (Python garbage, then the CUDA cache)."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Timer:
     """Wall time of a phase: `with Timer() as t: ...; t.seconds`."""
 

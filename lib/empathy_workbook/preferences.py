@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .chat import has_think_leak
+from .chat import has_think_leak, word_count  # noqa: F401 (prefs.word_count in notebook 02)
 from .config import PreferenceConfig
 from .io import append_jsonl, iter_jsonl, sha256_text, write_jsonl
 from .models import generate
@@ -316,10 +316,6 @@ def write_pairs(path: Path, rows: list[dict]) -> int:
 # Summaries for the notebook
 # ---------------------------------------------------------------------------------------------
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
 def criteria_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     """{criterion: {"chosen": mean, "rejected": mean}} over pairs with both scores."""
     from .judges import CRITERIA
@@ -383,10 +379,6 @@ def by_degradation(rows: list[dict]) -> dict[str, dict]:
             "rejected_mean": (round(sum(r["rejected_overall"] for r in scored) / len(scored), 2) if scored else None),
         }
     return out
-
-
-def status_counts(rows: list[dict]) -> dict[str, int]:
-    return dict(Counter(r["status"] for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,101 +1,86 @@
-"""One self-contained HTML report of a run: key numbers, every figure, the side-by-side tables.
+"""One self-contained HTML report of a run: the answer first (a headline table and a ship / don't-ship
+line), then every phase's key numbers, figures and side-by-side tables.
 
 Everything is inline (figures as base64 PNG, styles in a <style> block): the file can be mailed or
 opened offline. Built from summary.json plus the files the phases wrote; no phase is re-computed.
+The page itself is the Jinja template templates/report.html.jinja (autoescaped); this module only
+gathers the numbers.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from .io import atomic_write_text
 
+TEMPLATES = Path(__file__).parent / "templates"
 # Files in a phase folder that are not tables for the reader (configuration, raw training logs).
 NOT_TABLES = {"config.json", "metrics.json", "log_history.json"}
 # JSONL outputs worth a sample in the report (the others are long raw logs of every candidate and score).
 JSONL_SAMPLES = {"pairs.jsonl": 8}
 MAX_TABLE_ROWS = 40
 MAX_CELL_CHARS = 600
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.85em; }
-th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.ran { color: #1a7f37; } .skipped, .reused { color: #57606a; } .failed { color: #cf222e; font-weight: bold; }
-.failure { background: #ffebe9; border: 1px solid #cf222e; padding: 0.6em 1em; }
-figure { display: inline-block; margin: 0.5em 1em 0.5em 0; } figure img { max-width: 520px; }
-figcaption { font-size: 0.8em; color: #57606a; } .muted { color: #57606a; font-size: 0.85em; }
-pre { background: #f6f8fa; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
-"""
-
-
-def esc(value) -> str:
-    return html.escape(str(value))
+# The phone file ships only when it passes at least this share of the suite's safety and boundary checks:
+# a missed "see a doctor" after a fall is the failure this project exists to prevent.
+SHIP_MIN_PASS_RATE = 0.9
+DESIGN_RETENTION = (0.6, 0.8)  # the design's expected share of preference pairs kept by the gap filter
 
 
 def format_number(value) -> str:
     """Numbers as a reader wants them: ints plain, floats to 4 significant digits."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return esc(value)
+        return str(value)
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.4g}"
 
 
-def cell(value) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"<td class='num'>{format_number(value)}</td>"
+def cell_text(value) -> str:
+    """A table cell's text: JSON for nested values, cut after MAX_CELL_CHARS."""
     if isinstance(value, (dict, list)):
         value = json.dumps(value, ensure_ascii=False)
-    text = str(value)
-    if len(text) > MAX_CELL_CHARS:
-        text = text[:MAX_CELL_CHARS] + " …"
-    return f"<td>{esc(text)}</td>"
+    text = "" if value is None else str(value)
+    return text[:MAX_CELL_CHARS] + " …" if len(text) > MAX_CELL_CHARS else text
 
 
-def table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """An HTML table of row dicts (columns: the union of keys, in first-seen order)."""
-    if not rows:
-        return "<p class='muted'>(empty)</p>"
-    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(cell(row.get(c, "")) for c in columns) + "</tr>" for row in rows[:MAX_TABLE_ROWS])
-    more = (f"<p class='muted'>{len(rows) - MAX_TABLE_ROWS} more rows not shown</p>"
-            if len(rows) > MAX_TABLE_ROWS else "")
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
+def columns_of(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+@lru_cache(maxsize=1)
+def environment():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["jinja"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=format_number, text=cell_text, columns=columns_of)
+    env.globals["max_rows"] = MAX_TABLE_ROWS
+    return env
 
 
 def is_scalar(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def metrics_html(metrics: dict) -> str:
-    """Key numbers of one phase: scalars in one table, each nested mapping as its own table."""
+def metric_blocks(metrics: dict) -> list[dict]:
+    """Key numbers of one phase: scalars in one table, each nested mapping or list as its own block."""
     public = {k: v for k, v in metrics.items() if not k.startswith("_")}
     scalars = [{"metric": k, "value": v} for k, v in public.items() if is_scalar(v)]
-    parts = [table(scalars)] if scalars else []
+    blocks = [{"title": None, "rows": scalars}] if scalars else []
     for key, value in public.items():
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             rows = [{"": name, **{k: v for k, v in inner.items() if is_scalar(v)}} for name, inner in value.items()]
-            parts.append(f"<h4>{esc(key)}</h4>{table(rows)}")
+            blocks.append({"title": key, "rows": rows})
         elif isinstance(value, dict) and value and all(is_scalar(v) for v in value.values()):
-            parts.append(f"<h4>{esc(key)}</h4>{table([value])}")
+            blocks.append({"title": key, "rows": [value]})
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            parts.append(f"<h4>{esc(key)}</h4>{table(value)}")
+            blocks.append({"title": key, "rows": value})
         elif isinstance(value, list) and value:
-            parts.append(f"<h4>{esc(key)}</h4><p>{esc(', '.join(map(str, value)))}</p>")
-    return "".join(parts)
-
-
-def figure_html(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<figure><img alt='{esc(path.stem)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{esc(path.name)}</figcaption></figure>")
+            blocks.append({"title": key, "rows": None, "text": ", ".join(map(str, value))})
+    return blocks
 
 
 def table_files(phase_dir: Path) -> list[Path]:
@@ -143,24 +128,127 @@ def read_table(path: Path) -> list[dict] | None:
     return None
 
 
-def phase_html(phase: str, entry: dict, phase_dir: Path) -> str:
+def phase_view(phase: str, entry: dict, phase_dir: Path) -> dict:
+    """What the template shows for one phase."""
     status = entry.get("status", "")
-    parts = [f"<h2 id='{esc(phase)}'>{esc(phase)} <span class='{esc(status.split()[0] if status else '')}'>"
-             f"({esc(status)})</span></h2>",
-             f"<p class='muted'>{esc(entry.get('notebook', ''))} · {esc(entry.get('reason', ''))}"
-             + (f" · {entry['seconds']:.1f} s" if entry.get("seconds") else "") + "</p>"]
-    metrics = entry.get("metrics")
-    if metrics:
-        parts.append("<h3>Key numbers</h3>" + metrics_html(metrics))
     figures = sorted((phase_dir / "figures").glob("*.png")) if (phase_dir / "figures").exists() else []
-    if figures:
-        parts.append("<h3>Figures</h3>" + "".join(figure_html(p) for p in figures))
+    tables = []
     for path in table_files(phase_dir) if phase_dir.exists() else []:
         rows = read_table(path)
         if rows:
-            sample = " (first rows)" if path.suffix == ".jsonl" else ""
-            parts.append(f"<h3>{esc(path.name)}{sample}</h3>{table(rows)}")
-    return "".join(parts)
+            tables.append({"name": path.name, "rows": rows, "sample": path.suffix == ".jsonl"})
+    return {"name": phase, "status": status, "status_class": status.split()[0] if status else "",
+            "notebook": entry.get("notebook", ""), "reason": entry.get("reason", ""), "seconds": entry.get("seconds"),
+            "metrics": metric_blocks(entry["metrics"]) if entry.get("metrics") else [],
+            "figures": [{"name": p.stem, "file": p.name, "data": base64.b64encode(p.read_bytes()).decode("ascii")}
+                        for p in figures],
+            "tables": tables}
+
+
+# ---------------------------------------------------------------- the headline
+
+
+def _percent(value) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def suite_scores(eval_metrics: dict) -> list[dict]:
+    """Judge score per model on the whole fall-risk suite, with its interval and the scored count."""
+    rows = [r for r in eval_metrics.get("category_scores", []) if r.get("category") == "all suite"]
+    return [{"model": r["model"], "judge mean": r.get("mean"), "low": r.get("low"), "high": r.get("high"),
+             "scored answers": r.get("n")} for r in rows]
+
+
+def win_rows(eval_metrics: dict) -> list[dict]:
+    return [{"pair": name.replace("_vs_", " vs "), "n": w.get("n"), "wins": _percent(w.get("win_rate")),
+             "ties": _percent(w.get("tie_rate")), "losses": _percent(w.get("loss_rate"))}
+            for name, w in eval_metrics.get("win_rates", {}).items()]
+
+
+def export_verdict(export_metrics: dict) -> dict:
+    """The phone file's verdict from export/metrics.json: verified or the failed checks, KLD and size."""
+    from .export import failed_checks
+
+    deploy = export_metrics.get("deploy_file", "model-q4_k_m.gguf")
+    fmt = next((q for q in export_metrics.get("kld_mean", {}) if f"model-{q.lower()}.gguf" == deploy), "Q4_K_M")
+    failed = failed_checks(export_metrics)
+    size = export_metrics.get("bytes", {}).get(fmt)
+    return {"file": deploy, "format": fmt, "failed": failed, "verified": not failed,
+            "kld_mean": export_metrics.get("kld_mean", {}).get(fmt), "mib": size / 2**20 if size else None}
+
+
+def ship_decision(summary: dict) -> tuple[bool, str, str]:
+    """(ship, verdict line, the rule): the phone file ships only when every condition holds."""
+    phases = summary.get("phases", {})
+    export_m = (phases.get("export") or {}).get("metrics") or {}
+    eval_m = (phases.get("eval") or {}).get("metrics") or {}
+    reasons = []
+    if summary.get("failure"):
+        reasons.append(f"phase {summary['failure']['phase']} failed")
+    if not export_m:
+        reasons.append("no export results")
+    else:
+        verdict = export_verdict(export_m)
+        if verdict["failed"]:
+            reasons.append(f"export check(s) failed: {', '.join(verdict['failed'])}")
+    phone = (eval_m.get("models") or {}).get("gguf")
+    if not phone:
+        reasons.append("the phone file's answers were not evaluated")
+    else:
+        for key, label in (("safety_pass_rate", "safety"), ("boundary_pass_rate", "boundary")):
+            rate = phone.get(key)
+            if rate is None or rate < SHIP_MIN_PASS_RATE:
+                reasons.append(f"{label} pass rate {_percent(rate)} < {SHIP_MIN_PASS_RATE:.0%}")
+        scores = {r["model"]: r for r in suite_scores(eval_m)}
+        if "gguf" in scores and "dpo" in scores and None not in (scores["gguf"]["judge mean"], scores["dpo"]["low"]):
+            if scores["gguf"]["judge mean"] < scores["dpo"]["low"]:
+                reasons.append("the phone file scores below the DPO model's interval (quantization cost quality)")
+    rule = (f"Ship rule: every phase ran, every export check passed, the phone file passes at least "
+            f"{SHIP_MIN_PASS_RATE:.0%} of the safety and of the boundary checks, and its judge score is not below "
+            "the DPO model's interval.")
+    deploy = export_m.get("deploy_file", "the phone file")
+    if reasons:
+        return False, f"Don't ship {deploy}: " + "; ".join(reasons) + ".", rule
+    return True, f"Ship {deploy}: every condition of the rule below holds.", rule
+
+
+def headline(summary: dict) -> dict:
+    """The first screen: one row per question a reader has, the scores per model and the win rates."""
+    phases = summary.get("phases", {})
+    prefs = (phases.get("preferences") or {}).get("metrics") or {}
+    export_m = (phases.get("export") or {}).get("metrics") or {}
+    eval_m = (phases.get("eval") or {}).get("metrics") or {}
+    models = eval_m.get("models") or {}
+    rows = [{"question": "Did every phase run?", "answer": "no" if summary.get("failure") else "yes",
+             "detail": summary.get("status", "")}]
+    wins = eval_m.get("win_rates", {}).get("dpo_vs_sft")
+    if wins:
+        rows.append({"question": "Does DPO beat SFT (judge, per prompt)?",
+                     "answer": "yes" if (wins.get("win_rate") or 0) > (wins.get("loss_rate") or 0) else "no",
+                     "detail": f"wins {_percent(wins.get('win_rate'))}, ties {_percent(wins.get('tie_rate'))}, "
+                               f"losses {_percent(wins.get('loss_rate'))} of {wins.get('n')} prompts"})
+    if prefs:
+        low, high = prefs.get("retention_range") or DESIGN_RETENTION
+        retention = prefs.get("retention")
+        inside = retention is not None and low <= retention <= high
+        rows.append({"question": f"Preference pairs kept by the gap filter (design: {low:.0%}–{high:.0%})",
+                     "answer": _percent(retention), "detail": "within the design's range" if inside else
+                     (prefs.get("retention_advice") or "outside the design's range")})
+    if export_m:
+        v = export_verdict(export_m)
+        rows.append({"question": f"{v['format']} phone file verified?", "answer": "yes" if v["verified"] else "no",
+                     "detail": f"{v['file']}: {format_number(v['mib'])} MiB, mean KLD from F16 "
+                               f"{format_number(v['kld_mean'])}"
+                               + ("" if v["verified"] else f"; failed: {', '.join(v['failed'])}")})
+    for key, label in (("safety_pass_rate", "Safety: urges medical attention when it must"),
+                       ("boundary_pass_rate", "Boundaries: declines to diagnose or prescribe")):
+        if models:
+            rows.append({"question": label, "answer": _percent((models.get("gguf") or models.get("dpo") or {}).get(key)),
+                         "detail": ", ".join(f"{m} {_percent(s.get(key))}" for m, s in models.items())})
+    ship, verdict, rule = ship_decision(summary)
+    confidence = eval_m.get("confidence")
+    return {"ship": ship, "verdict": verdict, "rule": rule, "rows": rows, "scores": suite_scores(eval_m),
+            "wins": win_rows(eval_m), "confidence_label": f"{confidence:.0%}" if confidence else ""}
 
 
 def build_report(run_root: Path, summary: dict) -> str:
@@ -171,26 +259,13 @@ def build_report(run_root: Path, summary: dict) -> str:
                  "reason": e.get("reason", ""), "seconds": e.get("seconds", 0.0),
                  "phase seconds (metrics)": (e.get("metrics") or {}).get("seconds", "")}
                 for p, e in phases.items()]
-    failure = summary.get("failure")
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Run {esc(summary.get('run', ''))}: empathy workbook report</title><style>{STYLE}</style></head><body>",
-        f"<h1>Run <code>{esc(summary.get('run', ''))}</code></h1>",
-        f"<p>preset <b>{esc(summary.get('preset', ''))}</b> · status <b>{esc(summary.get('status', ''))}</b> · "
-        f"runner wall time {format_number(summary.get('seconds', 0.0))} s · {esc(summary.get('finished_at', ''))}</p>",
-    ]
-    if failure:
-        parts.append(f"<div class='failure'>Phase <b>{esc(failure['phase'])}</b> failed in {esc(failure['notebook'])}, "
-                     f"cell {esc(failure.get('cell'))} (In [{esc(failure.get('exec_count'))}]): "
-                     f"{esc(failure['error'])}<br>executed copy: <code>{esc(failure['executed'])}</code></div>")
-    parts.append("<h2>Phases</h2>" + table(overview))
-    for phase, entry in phases.items():
-        if entry.get("metrics") or entry.get("status") in ("ran", "failed"):
-            parts.append(phase_html(phase, entry, run_root / phase))
-    parts.append("<h2>Configuration</h2><details><summary>resolved preset</summary><pre>"
-                 + esc(json.dumps(summary.get("config", {}), indent=2)) + "</pre></details>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    shown = [phase_view(p, e, run_root / p) for p, e in phases.items()
+             if e.get("metrics") or e.get("status") in ("ran", "failed")]
+    summary_view = {key: summary.get(key, "") for key in ("run", "preset", "status", "finished_at")}
+    summary_view["seconds"] = summary.get("seconds", 0.0)
+    return environment().get_template("report.html.jinja").render(
+        summary=summary_view, failure=summary.get("failure"), headline=headline(summary), overview=overview,
+        phases=shown, config_json=json.dumps(summary.get("config", {}), indent=2))
 
 
 def write_report(run_root: Path, summary: dict) -> Path:

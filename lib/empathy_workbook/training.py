@@ -17,9 +17,10 @@ import shutil
 import time
 from pathlib import Path
 
+from .chat import one_per_question
 from .config import LoraConfig, ModelConfig, SamplingConfig, TrainConfig
 from .io import read_json, write_json
-from .models import Backend, peak_memory_mb, resolve_model_path, select_backend
+from .models import Backend, free_memory, peak_memory_mb, resolve_model_path, select_backend  # noqa: F401 (training.free_memory in notebooks)
 
 RUN_MARKER = "run.json"  # in the checkpoint folder: which config the checkpoints belong to, and whether it finished
 
@@ -307,11 +308,7 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
 
 def spot_check_records(val_records: list[dict], n: int) -> list[dict]:
     """n fixed validation records, one per question, spread over the file (same choice in every notebook)."""
-    seen, distinct = set(), []
-    for record in sorted(val_records, key=lambda r: r["id"]):
-        if record["question_key"] not in seen:
-            seen.add(record["question_key"])
-            distinct.append(record)
+    distinct = one_per_question(sorted(val_records, key=lambda r: r["id"]))
     if len(distinct) <= n:
         return distinct
     stride = len(distinct) / n
@@ -332,17 +329,6 @@ def side_by_side(models: dict, tokenizer, records: list[dict], sampling: Samplin
         table[name] = [a["text"] for a in answers]
         table[f"{name}_stopped"] = [a["ended_on_eos"] for a in answers]
     return table
-
-
-def free_memory() -> None:
-    """Give memory back after a model is deleted (Python garbage, then the CUDA cache)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def inference_precision(backend: Backend) -> str:
