@@ -129,6 +129,8 @@ class SamplingConfig:
     temperature: float = _help("softmax temperature (0 = greedy)", 0.7)
     top_p: float = _help("nucleus sampling mass", 0.8)
     top_k: int = _help("sample among the k most likely tokens (0 = off)", 20)
+    min_p: float = _help("drop tokens below this share of the top token's probability (0 = off; 0.05-0.1 "
+                         "tames high temperatures)", 0.0)
     repetition_penalty: float = _help("1.0 = off; below 1.0 encourages repetition", 1.0)
     max_new_tokens: int = _help("answer length cap in tokens", 160)
     batch_size: int = _help("prompts generated together (left-padded)", 8)
@@ -137,6 +139,8 @@ class SamplingConfig:
     def __post_init__(self):
         _require(self.temperature >= 0, "sampling.temperature must be >= 0")
         _require(0 < self.top_p <= 1, "sampling.top_p must be in (0, 1]")
+        _require(self.top_k >= 0, f"sampling.top_k={self.top_k}: use 0 (off) or a positive count")
+        _require(0.0 <= self.min_p < 1.0, f"sampling.min_p={self.min_p}: use a value in [0, 1) (0 = off)")
         _require(self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1")
 
 
@@ -209,6 +213,8 @@ class DPOConfig:
                                factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5, batch_size=2, grad_accum=8))
     beta: float = _help("strength of the pull toward the reference (0.01-0.5)", 0.1)
     loss_type: str = _help("TRL DPO loss: 'sigmoid' (the DPO paper), 'ipo', 'hinge', ...", "sigmoid")
+    load_in_4bit: bool = _help("load the merged SFT model in 4-bit for DPO (CUDA + bitsandbytes): less memory, but the "
+                               "implicit reference is then the 4-bit copy, not exactly the SFT model", False)
     heldout_fraction: float = _help("share of pairs (from validation prompts) kept for evaluation", 0.1)
     spot_check_prompts: int = _help("validation prompts answered by SFT and DPO side by side", 5)
     spot_check: SamplingConfig = _help("sampling for the side-by-side check", factory=SamplingConfig)
@@ -348,10 +354,41 @@ def preset_path(preset: str) -> Path:
     return path
 
 
-def load_config(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
-    """Load a preset and apply overrides (nested dict; None values mean 'keep the preset')."""
-    path = preset_path(preset)
+EXTENDS_KEY = "extends"  # top-level preset key: the name (or .yaml path) of the preset this one builds on
+
+
+def preset_values(path: Path, chain: tuple = ()) -> dict:
+    """The raw values of a preset with its `extends:` chain resolved (child keys override, deep merge).
+
+    A preset names its parent like `extends: qwen3-0.6b`; the parent may extend another one. A cycle is
+    an error that names every file in it. `preset` is never inherited: each file is its own preset.
+    """
+    path = Path(path).resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
+        raise ConfigError(f"presets extend each other in a cycle: {cycle}")
     values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of sections, got {type(values).__name__}")
+    parent = values.pop(EXTENDS_KEY, None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: expected a preset name, got {parent!r}")
+    try:  # a relative .yaml parent is looked up beside the child first
+        sibling = path.parent / parent
+        parent_path = sibling if sibling.suffix in (".yaml", ".yml") and sibling.exists() else preset_path(parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: {err}") from None
+    inherited = preset_values(parent_path, (*chain, path))
+    inherited.pop("preset", None)
+    return _merge(inherited, values, str(path))
+
+
+def load_config(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
+    """Load a preset (and the presets it extends) and apply overrides (None values mean 'keep the preset')."""
+    path = preset_path(preset)
+    values = preset_values(path)
     values.setdefault("preset", path.stem)
     if overrides:
         values = _merge(values, _drop_none(overrides), "overrides")
