@@ -22,6 +22,10 @@ TINY_MODEL = "tiny"  # sentinel: the embedded model built by `empathy_workbook.t
 
 SFT_BATCHING = ("padded", "length_grouped", "padding_free")
 
+JUDGE_SCORING = ("json", "probability")
+PROBABILITY_LAYOUTS = ("one_prompt", "prefix_cache")
+FILTER_WITH = ("judge", "second_judge")
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -169,12 +173,24 @@ class JudgeConfig:
     max_new_tokens: int = _help("room for the judge's JSON answer", 200)
     batch_size: int = _help("responses scored together (transformers backend)", 8)
     n_ctx: int = _help("context window for the llama_cpp backend", 4096)
+    scoring: str = _help("LLM judges: 'json' (decode a JSON score object) or 'probability' (expected score from "
+                         "the next-token probabilities of 1-10 where each score is written; one pass, no parse "
+                         "failures); the rubric ignores it", "json")
+    probability_layout: str = _help("probability scoring: 'one_prompt' (one sequence carrying the five score "
+                                    "positions, branches masked apart) or 'prefix_cache' (one prompt per criterion "
+                                    "over a cached shared prefix); bench/bench_judge.py measures both",
+                                    "one_prompt")
+    n_gpu_layers: int = _help("llama_cpp: layers offloaded to the GPU (-1 = all; only used when CUDA is present)", -1)
 
     def __post_init__(self):
         _require(self.backend in ("rubric", "transformers", "llama_cpp"),
                  f"judge.backend={self.backend!r}: use 'rubric', 'transformers' or 'llama_cpp'")
         _require(self.backend == "rubric" or bool(self.model),
                  f"judge.model is empty: the {self.backend!r} judge needs a model")
+        _require(self.scoring in JUDGE_SCORING, f"judge.scoring={self.scoring!r}: use one of {list(JUDGE_SCORING)}")
+        _require(self.probability_layout in PROBABILITY_LAYOUTS,
+                 f"judge.probability_layout={self.probability_layout!r}: use one of {list(PROBABILITY_LAYOUTS)}")
+        _require(self.batch_size >= 1, f"judge.batch_size={self.batch_size}: use at least 1")
 
 
 @dataclass
@@ -186,6 +202,9 @@ class PreferenceConfig:
     low_repetition_penalty_rate: float = _help("share sampled with a repetition penalty below 1.0", 0.0)
     low_repetition_penalty: float = _help("the penalty used for that share (< 1.0)", 0.9)
     judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+    second_judge: JudgeConfig = _help("an independent judge scored beside the main one and reported "
+                                      "(default: the rubric)", factory=JudgeConfig)
+    filter_with: str = _help("whose score gap decides which pairs are kept: 'judge' or 'second_judge'", "judge")
     gap: float = _help("keep pairs with chosen - rejected >= gap", 2.0)
     max_prompts: int = _help("use at most this many training prompts (-1 = all)", -1)
     max_val_prompts: int = _help("validation prompts that get pairs too, for DPO's held-out check (-1 = all)", -1)
@@ -204,6 +223,8 @@ class PreferenceConfig:
             _require(value == -1 or value >= 1, f"preferences.{name}={value}: use -1 (all) or at least 1")
         _require(0 < self.low_repetition_penalty < 1.0, "preferences.low_repetition_penalty must be in (0, 1)")
         _require(self.gap >= 0, "preferences.gap must be >= 0")
+        _require(self.filter_with in FILTER_WITH,
+                 f"preferences.filter_with={self.filter_with!r}: use one of {list(FILTER_WITH)}")
 
 
 @dataclass
@@ -256,6 +277,9 @@ class EvalConfig:
     sampling: SamplingConfig = _help("the same seeded sampling for every model", factory=SamplingConfig)
     word_budget: int = _help("longest answer (words) that still reads well on a phone", 150)
     judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+    second_judge: JudgeConfig = _help("an independent judge reported beside the main one: DPO's pairs were chosen "
+                                      "by the main judge, so grading DPO only with it is circular (default: rubric)",
+                                      factory=JudgeConfig)
     confidence: float = _help("coverage of the bootstrap confidence intervals of mean scores (0.8-0.99)", 0.95)
     bootstrap_samples: int = _help("resamples drawn for each confidence interval", 2000)
     n_threads: int = _help("llama.cpp threads for the GGUF answers and chat (0 = all cores)", 0)
