@@ -72,8 +72,14 @@ class DataConfig:
     max_tokens: int = _help("drop pairs whose rendered prompt+answer is longer than this many tokens", 512)
     val_fraction: float = _help("share of distinct questions held out for validation (0.05-0.3)", 0.1)
     seed: int = _help("seed for the grouped split", 42)
+    artifacts: str = _help("URLs, e-mail addresses, phone numbers, self-promotion, sign-offs and repeated sentences "
+                           "in a row: 'strip' removes the sentence holding them, 'drop' drops the row", "strip")
+    max_answer_words: int = _help("drop pairs whose answer is longer than this many words, so training matches the "
+                                  "persona's short answers (0 = no limit)", 0)
 
     def __post_init__(self):
+        _require(self.artifacts in ("strip", "drop"), f"data.artifacts={self.artifacts!r}: use 'strip' or 'drop'")
+        _require(self.max_answer_words >= 0, f"data.max_answer_words={self.max_answer_words}: use 0 (off) or a count")
         _require(0.0 < self.val_fraction < 0.5, f"data.val_fraction={self.val_fraction}: use a value in (0, 0.5)")
         _require(self.max_tokens >= 32, f"data.max_tokens={self.max_tokens}: use at least 32")
         _require(isinstance(self.mix_in, list), "data.mix_in must be a list of file paths")

@@ -70,11 +70,17 @@ def select_backend(model_cfg: ModelConfig, precision: str = "fp16") -> Backend:
 
 
 def resolve_model_path(name_or_path: str, log=print) -> str:
-    """'tiny' → the cached embedded model (built on first use); anything else is returned as is."""
+    """'tiny' → the cached embedded model; 'random:<shape>?layers=N' → a cached random-weight Qwen3 with real
+    shapes and Qwen3's tokenizer (synthetic.py); both built on first use. Anything else is returned as is."""
+    name_or_path = str(name_or_path)
     if name_or_path == TINY_MODEL:
         from .tiny import ensure_tiny
 
         return str(ensure_tiny(log=log))
+    from .synthetic import ensure_random_model, is_random_spec
+
+    if is_random_spec(name_or_path):
+        return str(ensure_random_model(name_or_path, log=log))
     return name_or_path
 
 
