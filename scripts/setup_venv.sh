@@ -16,8 +16,9 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   # With the CUDA compiler present, llama.cpp gets its CUDA kernels: the GGUF checks, the llama.cpp judge and
   # the chat box then run on the GPU. Without nvcc a CUDA build cannot compile, so it stays a CPU build.
-  if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
-    export PATH="$PATH:/usr/local/cuda/bin"
+  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  if command -v nvcc >/dev/null 2>&1 || [ -x "$CUDA_HOME/bin/nvcc" ]; then
+    export PATH="$PATH:$CUDA_HOME/bin"
     export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA -DGGML_CUDA=on}"
     echo "setup: CUDA GPU and nvcc found: llama-cpp-python is built with CUDA (CMAKE_ARGS=$CMAKE_ARGS)"
   else
