@@ -150,7 +150,8 @@ def ensure_random_model(text: str, log=print) -> Path:
 # ---------------------------------------------------------------- Amod-shaped data
 
 AMOD_FILE = "rehearsal_amod_shaped.json"
-CORPUS_FILES = ("support_corpus.jsonl", "fall_risk_corpus_a.jsonl", "fall_risk_corpus_b.jsonl")
+# General emotional support, as in Amod; the fall-risk corpus comes in through data.mix_in as in the real run.
+CORPUS_FILES = ("support_corpus.jsonl",)
 
 SIGN_OFFS = ("Best wishes,\nDr. Jane Rivera, LMFT", "Warmly,\nSam", "Take care,\nThe counseling team",
              "Sincerely, Alex Moreno, LPC")
