@@ -142,6 +142,7 @@ def test_a_model_with_the_real_tokenizer_converts_without_fallback_and_tokenizes
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from empathy_workbook import export
+    from empathy_workbook.gguf_checks import gguf_metadata, tokenization_parity
     from empathy_workbook.synthetic import QWEN3_VOCAB_SIZE
 
     torch.manual_seed(0)
@@ -158,13 +159,13 @@ def test_a_model_with_the_real_tokenizer_converts_without_fallback_and_tokenizes
     nfc, nfd = texts[-2:]
     assert unicodedata.normalize("NFC", nfd) == nfc and nfd != nfc
     gguf = tmp_path / "model-f16.gguf"
-    parity = export.tokenization_parity(gguf, qwen, texts[:-1])
+    parity = tokenization_parity(gguf, qwen, texts[:-1])
     assert parity["match"], parity["mismatches"]
     # Qwen's tokenizer.json normalizes to NFC first; llama.cpp does not normalize at all. So decomposed
     # (NFD) text, as some phone keyboards and macOS file names produce, tokenizes differently on the phone
     # unless the app normalizes it: the data phase does (NFKC), and text must reach llama.cpp as NFC.
     assert qwen(nfd, add_special_tokens=False)["input_ids"] == qwen(nfc, add_special_tokens=False)["input_ids"]
-    assert not export.tokenization_parity(gguf, qwen, [nfd])["match"]
-    assert export.tokenization_parity(gguf, qwen, [unicodedata.normalize("NFC", nfd)])["match"]
-    assert export.gguf_metadata(tmp_path / "model-f16.gguf", ["tokenizer.chat_template"])["tokenizer.chat_template"] \
+    assert not tokenization_parity(gguf, qwen, [nfd])["match"]
+    assert tokenization_parity(gguf, qwen, [unicodedata.normalize("NFC", nfd)])["match"]
+    assert gguf_metadata(tmp_path / "model-f16.gguf", ["tokenizer.chat_template"])["tokenizer.chat_template"] \
         == qwen.chat_template
