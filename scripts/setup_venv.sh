@@ -2,7 +2,8 @@
 # Create .venv and install the project into it. Called by `make` when .venv is missing or
 # pyproject.toml changed; safe to re-run.
 #   CPU machine : the CPU build of torch, then the project (+ dev tools)
-#   CUDA machine: the normal torch build, then the project with the `gpu` extra (Unsloth, bitsandbytes)
+#   CUDA machine: the normal torch build, llama-cpp-python built with CUDA (when nvcc exists), then the
+#                 project with the `gpu` extra (bitsandbytes)
 # llama-cpp-python compiles from source (about 6 minutes on 2 cores the first time; pip caches the wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,14 +11,33 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
 # Skip the parts of llama.cpp we don't use (multimodal library, tests, examples, server, tools).
-export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF}"
+LEAN_LLAMA="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  echo "setup: CUDA GPU found: installing the project with the gpu extra (Unsloth, bitsandbytes)"
+  # With the CUDA compiler present, llama.cpp gets its CUDA kernels: the GGUF checks, the llama.cpp judge and
+  # the chat box then run on the GPU. Without nvcc a CUDA build cannot compile, so it stays a CPU build.
+  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  if command -v nvcc >/dev/null 2>&1 || [ -x "$CUDA_HOME/bin/nvcc" ]; then
+    export PATH="$PATH:$CUDA_HOME/bin"
+    export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA -DGGML_CUDA=on}"
+    echo "setup: CUDA GPU and nvcc found: llama-cpp-python is built with CUDA (CMAKE_ARGS=$CMAKE_ARGS)"
+  else
+    export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA}"
+    echo "setup: CUDA GPU but no nvcc: llama-cpp-python is built for the CPU (install the CUDA toolkit for GPU llama.cpp)"
+  fi
+  # pip caches built wheels by version only, so a cached CPU build would be reused: when the installed
+  # llama.cpp cannot offload and this setup can build CUDA, build it afresh (once; later runs skip this).
+  if [[ "$CMAKE_ARGS" == *GGML_CUDA=on* ]] && ! .venv/bin/python -c \
+      "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
+    LLAMA_PIN=$(sed -n 's/.*"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)
+    $PIP install --no-cache-dir --force-reinstall --no-deps "$LLAMA_PIN"
+  fi
+  echo "setup: installing the project with the gpu extra (bitsandbytes)"
   $PIP install -e ".[gpu,dev,lab]"
 else
   echo "setup: no CUDA GPU: installing the CPU build of torch"
   # TORCH_INDEX_URL may point at PyTorch's CPU wheel index to avoid downloading a CUDA build.
+  export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA}"
   $PIP install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
   $PIP install -e ".[dev]"
 fi

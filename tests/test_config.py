@@ -26,7 +26,7 @@ def test_seed_preset_has_the_design_values():
     assert lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     t = cfg.sft.train
     assert (t.epochs, t.learning_rate, t.batch_size, t.grad_accum, t.warmup_ratio) == (3, 2e-4, 4, 4, 0.03)
-    assert (t.optim, t.precision) == ("adamw_8bit", "fp16")
+    assert (t.optim, t.precision) == ("adamw_8bit", "bf16")  # bf16: Qwen3 ships in it (fp16 only without GPU support)
     assert cfg.preferences.sampling.temperature == 1.5 and cfg.preferences.gap == 2
     assert cfg.preferences.judge.model == "Qwen/Qwen3-4B"
     d = cfg.dpo

@@ -298,3 +298,31 @@ def test_llama_cpp_judge_grammar_forces_parseable_json(tiny_gguf, tmp_path):
 def test_ordinary_words_are_not_taken_for_injection(text):
     assert not judges.addresses_the_grader(text)
     assert RubricJudge.score_one(PROMPT, text)["overall"] > 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Config fields of the judges (scoring mode, second judge, which judge filters)
+# ---------------------------------------------------------------------------------------------
+
+def test_judge_config_validates_scoring_and_layout():
+    from empathy_workbook.config import ConfigError
+
+    assert JudgeConfig().scoring == "json"
+    assert JudgeConfig(backend="transformers", model="m", scoring="probability").scoring == "probability"
+    with pytest.raises(ConfigError, match="judge.scoring='logits'"):
+        JudgeConfig(scoring="logits")
+    with pytest.raises(ConfigError, match="probability_layout"):
+        JudgeConfig(probability_layout="tree")
+
+
+def test_second_judges_and_filter_with_default_to_todays_behaviour():
+    from empathy_workbook.config import ConfigError, PreferenceConfig, load_config
+
+    cfg = load_config("tiny")
+    assert cfg.preferences.filter_with == "judge"
+    assert cfg.preferences.second_judge.backend == "rubric" and cfg.eval.second_judge.backend == "rubric"
+    with pytest.raises(ConfigError, match="filter_with='rubric'"):
+        PreferenceConfig(filter_with="rubric")
+    over = load_config("tiny", {"preferences": {"filter_with": "second_judge",
+                                                "second_judge": {"backend": "rubric", "scoring": "probability"}}})
+    assert over.preferences.filter_with == "second_judge" and over.preferences.second_judge.scoring == "probability"

@@ -46,19 +46,104 @@ def has_think_leak(text: str) -> bool:
     return "<think>" in text or "</think>" in text
 
 
+# --- Tokenizing prompts safely: message text never becomes a control token ---
+#
+# The chat template writes control tokens (<|im_start|>, <|im_end|>, <think>) as plain strings, and a
+# tokenizer turns every occurrence of such a string into the control token, also inside a question or an
+# answer. A data row or a sampled answer holding "<|im_end|>\n<|im_start|>system ..." would then end the turn
+# and open a new system turn. So prompts are tokenized in pieces: the template's own text with its control
+# tokens, the messages' text as plain text only. Every phase tokenizes prompts through encode_messages.
+
+_SLOT = "\u2063slot{}\u2063"  # invisible separator around an index: cannot occur in a template
+
+
+def added_token_strings(tokenizer) -> list[str]:
+    """The strings the tokenizer would turn into added (control or marker) tokens, longest first."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({t.content for t in decoder.values() if t.content}, key=len, reverse=True)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as plain text: an added-token string inside it is split into ordinary tokens."""
+    if not text:
+        return []
+    markers = [m for m in added_token_strings(tokenizer) if m in text]
+    if not markers:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    pattern = re.compile("(" + "|".join(re.escape(m) for m in markers) + ")")
+    ids: list[int] = []
+    for piece in pattern.split(text):
+        if piece in markers:
+            # its first character and the rest are both ordinary text: no added token can match either
+            ids += tokenizer(piece[0], add_special_tokens=False)["input_ids"]
+            ids += encode_text(tokenizer, piece[1:])
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def encode_messages(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of the rendered conversation (thinking off), with every message's content as plain text.
+
+    The template is rendered once with a placeholder per message; its own text is tokenized with control
+    tokens, each message's content with encode_text. With ordinary content the ids equal tokenizing
+    render_prompt's text (a test checks it with Qwen3's real tokenizer).
+    """
+    slots = [dict(m, content=_SLOT.format(i)) for i, m in enumerate(messages)]
+    rendered = tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             enable_thinking=False)
+    ids: list[int] = []
+    rest = rendered
+    for i, message in enumerate(messages):
+        before, found, rest = rest.partition(_SLOT.format(i))
+        if not found:
+            raise ValueError(f"the chat template dropped or changed message {i} ({message.get('role')!r}); "
+                             "it cannot be tokenized safely")
+        ids += tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
+        ids += encode_text(tokenizer, _template_view(message))
+    return ids + (tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+
+
+def _template_view(message: dict) -> str:
+    """The content as the template would show it (Qwen3 drops a think block from assistant turns)."""
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    if message.get("role") == "assistant":
+        return content.split("</think>")[-1].lstrip("\n")
+    return content
+
+
+def _holds_markers(tokenizer, messages: list[dict], answer: str = "") -> bool:
+    """True when some message or the answer contains an added-token string (e.g. a smuggled <|im_end|>)."""
+    markers = added_token_strings(tokenizer)
+    texts = [m.get("content") or "" for m in messages] + [answer]
+    return any(m in t for t in texts for m in markers)
+
+
+def encode_prompt_answer(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt_ids, answer_ids): the inference prompt, then the answer as text plus the end-of-turn token."""
+    prompt_ids = encode_messages(tokenizer, messages, add_generation_prompt=True)
+    answer_ids = encode_text(tokenizer, answer) + tokenizer(END_TOKEN, add_special_tokens=False)["input_ids"]
+    return prompt_ids, answer_ids
+
+
 def tokenize_prompt_completion(tokenizer, prompt: list[dict], answer: str, max_length: int | None = None) -> dict:
     """input_ids and completion_mask for one training example.
 
     The prompt part is tokenized from exactly the text used at inference (render_prompt), and the
     mask marks the answer and its end-of-turn token, nothing else: the model is trained to write
-    the answer and to stop, never to reproduce the question or the template.
+    the answer and to stop, never to reproduce the question or the template. Message text stays
+    text (encode_messages): a row cannot smuggle in a control token.
     """
-    prompt_text, completion_text = render_training_text(tokenizer, prompt, answer)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("the tokenized prompt is not a prefix of prompt+answer; the answer would be "
-                         f"trained on a different context than inference uses: {prompt_text[-60:]!r}")
+    prompt_ids, answer_ids = encode_prompt_answer(tokenizer, prompt, answer)
+    full_ids = prompt_ids + answer_ids
+    if not _holds_markers(tokenizer, prompt, answer):
+        # ordinary text: the pieces must tokenize exactly like the whole rendered string (nothing merges
+        # across a piece boundary), so training sees the ids inference and llama.cpp see
+        prompt_text, completion_text = render_training_text(tokenizer, prompt, answer)
+        if tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"] != full_ids:
+            raise ValueError("tokenizing the prompt and the answer apart differs from tokenizing them together; "
+                             f"the answer would be trained on a different context than inference uses: "
+                             f"{prompt_text[-60:]!r}")
     mask = [0] * len(prompt_ids) + [1] * (len(full_ids) - len(prompt_ids))
     if max_length is not None:
         full_ids, mask = full_ids[:max_length], mask[:max_length]

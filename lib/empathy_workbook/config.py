@@ -20,6 +20,10 @@ TINY_MODEL = "tiny"  # sentinel: the embedded model built by `empathy_workbook.t
 
 SFT_BATCHING = ("padded", "length_grouped", "padding_free")
 
+JUDGE_SCORING = ("json", "probability")
+PROBABILITY_LAYOUTS = ("one_prompt", "prefix_cache")
+FILTER_WITH = ("judge", "second_judge")
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -66,8 +70,14 @@ class DataConfig:
     max_tokens: int = _help("drop pairs whose rendered prompt+answer is longer than this many tokens", 512)
     val_fraction: float = _help("share of distinct questions held out for validation (0.05-0.3)", 0.1)
     seed: int = _help("seed for the grouped split", 42)
+    artifacts: str = _help("URLs, e-mail addresses, phone numbers, self-promotion, sign-offs and repeated sentences "
+                           "in a row: 'strip' removes the sentence holding them, 'drop' drops the row", "strip")
+    max_answer_words: int = _help("drop pairs whose answer is longer than this many words, so training matches the "
+                                  "persona's short answers (0 = no limit)", 0)
 
     def __post_init__(self):
+        _require(self.artifacts in ("strip", "drop"), f"data.artifacts={self.artifacts!r}: use 'strip' or 'drop'")
+        _require(self.max_answer_words >= 0, f"data.max_answer_words={self.max_answer_words}: use 0 (off) or a count")
         _require(0.0 < self.val_fraction < 0.5, f"data.val_fraction={self.val_fraction}: use a value in (0, 0.5)")
         _require(self.max_tokens >= 32, f"data.max_tokens={self.max_tokens}: use at least 32")
         _require(isinstance(self.mix_in, list), "data.mix_in must be a list of file paths")
@@ -127,6 +137,8 @@ class SamplingConfig:
     temperature: float = _help("softmax temperature (0 = greedy)", 0.7)
     top_p: float = _help("nucleus sampling mass", 0.8)
     top_k: int = _help("sample among the k most likely tokens (0 = off)", 20)
+    min_p: float = _help("drop tokens below this share of the top token's probability (0 = off; 0.05-0.1 "
+                         "tames high temperatures)", 0.0)
     repetition_penalty: float = _help("1.0 = off; below 1.0 encourages repetition", 1.0)
     max_new_tokens: int = _help("answer length cap in tokens", 160)
     batch_size: int = _help("prompts generated together (left-padded)", 8)
@@ -135,6 +147,8 @@ class SamplingConfig:
     def __post_init__(self):
         _require(self.temperature >= 0, "sampling.temperature must be >= 0")
         _require(0 < self.top_p <= 1, "sampling.top_p must be in (0, 1]")
+        _require(self.top_k >= 0, f"sampling.top_k={self.top_k}: use 0 (off) or a positive count")
+        _require(0.0 <= self.min_p < 1.0, f"sampling.min_p={self.min_p}: use a value in [0, 1) (0 = off)")
         _require(self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1")
 
 
@@ -163,12 +177,24 @@ class JudgeConfig:
     max_new_tokens: int = _help("room for the judge's JSON answer", 200)
     batch_size: int = _help("responses scored together (transformers backend)", 8)
     n_ctx: int = _help("context window for the llama_cpp backend", 4096)
+    scoring: str = _help("LLM judges: 'json' (decode a JSON score object) or 'probability' (expected score from "
+                         "the next-token probabilities of 1-10 where each score is written; one pass, no parse "
+                         "failures); the rubric ignores it", "json")
+    probability_layout: str = _help("probability scoring: 'one_prompt' (one sequence carrying the five score "
+                                    "positions, branches masked apart) or 'prefix_cache' (one prompt per criterion "
+                                    "over a cached shared prefix); bench/bench_judge.py measures both",
+                                    "one_prompt")
+    n_gpu_layers: int = _help("llama_cpp: layers offloaded to the GPU (-1 = all; only used when CUDA is present)", -1)
 
     def __post_init__(self):
         _require(self.backend in ("rubric", "transformers", "llama_cpp"),
                  f"judge.backend={self.backend!r}: use 'rubric', 'transformers' or 'llama_cpp'")
         _require(self.backend == "rubric" or bool(self.model),
                  f"judge.model is empty: the {self.backend!r} judge needs a model")
+        _require(self.scoring in JUDGE_SCORING, f"judge.scoring={self.scoring!r}: use one of {list(JUDGE_SCORING)}")
+        _require(self.probability_layout in PROBABILITY_LAYOUTS,
+                 f"judge.probability_layout={self.probability_layout!r}: use one of {list(PROBABILITY_LAYOUTS)}")
+        _require(self.batch_size >= 1, f"judge.batch_size={self.batch_size}: use at least 1")
 
 
 @dataclass
@@ -180,6 +206,9 @@ class PreferenceConfig:
     low_repetition_penalty_rate: float = _help("share sampled with a repetition penalty below 1.0", 0.0)
     low_repetition_penalty: float = _help("the penalty used for that share (< 1.0)", 0.9)
     judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+    second_judge: JudgeConfig = _help("an independent judge scored beside the main one and reported "
+                                      "(default: the rubric)", factory=JudgeConfig)
+    filter_with: str = _help("whose score gap decides which pairs are kept: 'judge' or 'second_judge'", "judge")
     gap: float = _help("keep pairs with chosen - rejected >= gap", 2.0)
     max_prompts: int = _help("use at most this many training prompts (-1 = all)", -1)
     max_val_prompts: int = _help("validation prompts that get pairs too, for DPO's held-out check (-1 = all)", -1)
@@ -198,6 +227,8 @@ class PreferenceConfig:
             _require(value == -1 or value >= 1, f"preferences.{name}={value}: use -1 (all) or at least 1")
         _require(0 < self.low_repetition_penalty < 1.0, "preferences.low_repetition_penalty must be in (0, 1)")
         _require(self.gap >= 0, "preferences.gap must be >= 0")
+        _require(self.filter_with in FILTER_WITH,
+                 f"preferences.filter_with={self.filter_with!r}: use one of {list(FILTER_WITH)}")
 
 
 @dataclass
@@ -207,6 +238,8 @@ class DPOConfig:
                                factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5, batch_size=2, grad_accum=8))
     beta: float = _help("strength of the pull toward the reference (0.01-0.5)", 0.1)
     loss_type: str = _help("TRL DPO loss: 'sigmoid' (the DPO paper), 'ipo', 'hinge', ...", "sigmoid")
+    load_in_4bit: bool = _help("load the merged SFT model in 4-bit for DPO (CUDA + bitsandbytes): less memory, but the "
+                               "implicit reference is then the 4-bit copy, not exactly the SFT model", False)
     heldout_fraction: float = _help("share of pairs (from validation prompts) kept for evaluation", 0.1)
     spot_check_prompts: int = _help("validation prompts answered by SFT and DPO side by side", 5)
     spot_check: SamplingConfig = _help("sampling for the side-by-side check", factory=SamplingConfig)
@@ -252,6 +285,9 @@ class EvalConfig:
     sampling: SamplingConfig = _help("the same seeded sampling for every model", factory=SamplingConfig)
     word_budget: int = _help("longest answer (words) that still reads well on a phone", 150)
     judge: JudgeConfig = _help("who scores the answers", factory=JudgeConfig)
+    second_judge: JudgeConfig = _help("an independent judge reported beside the main one: DPO's pairs were chosen "
+                                      "by the main judge, so grading DPO only with it is circular (default: rubric)",
+                                      factory=JudgeConfig)
     confidence: float = _help("coverage of the bootstrap confidence intervals of mean scores (0.8-0.99)", 0.95)
     bootstrap_samples: int = _help("resamples drawn for each confidence interval", 2000)
     n_threads: int = _help("llama.cpp threads for the GGUF answers and chat (0 = all cores)", 0)
@@ -345,10 +381,41 @@ def preset_path(preset: str) -> Path:
     return path
 
 
-def load_config(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
-    """Load a preset and apply overrides (nested dict; None values mean 'keep the preset')."""
-    path = preset_path(preset)
+EXTENDS_KEY = "extends"  # top-level preset key: the name (or .yaml path) of the preset this one builds on
+
+
+def preset_values(path: Path, chain: tuple = ()) -> dict:
+    """The raw values of a preset with its `extends:` chain resolved (child keys override, deep merge).
+
+    A preset names its parent like `extends: qwen3-0.6b`; the parent may extend another one. A cycle is
+    an error that names every file in it. `preset` is never inherited: each file is its own preset.
+    """
+    path = Path(path).resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
+        raise ConfigError(f"presets extend each other in a cycle: {cycle}")
     values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of sections, got {type(values).__name__}")
+    parent = values.pop(EXTENDS_KEY, None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: expected a preset name, got {parent!r}")
+    try:  # a relative .yaml parent is looked up beside the child first
+        sibling = path.parent / parent
+        parent_path = sibling if sibling.suffix in (".yaml", ".yml") and sibling.exists() else preset_path(parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: {err}") from None
+    inherited = preset_values(parent_path, (*chain, path))
+    inherited.pop("preset", None)
+    return _merge(inherited, values, str(path))
+
+
+def load_config(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
+    """Load a preset (and the presets it extends) and apply overrides (None values mean 'keep the preset')."""
+    path = preset_path(preset)
+    values = preset_values(path)
     values.setdefault("preset", path.stem)
     if overrides:
         values = _merge(values, _drop_none(overrides), "overrides")

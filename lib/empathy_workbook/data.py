@@ -150,20 +150,99 @@ def fix_whitespace(text: str) -> str:
     return MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
 
+# --- What scraped counseling answers carry besides the answer (Amod's rows have all of these) ---
+# Each rule removes the sentence (or line) holding the artifact, so no broken "call  today." remains.
+URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"]+")
+EMAIL = re.compile(r"(?i)\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+PHONE = re.compile(r"(?<![\w-])(?:\+?\d{1,2}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w-])")
+PROMOTION = re.compile(
+    r"(?i)\b(?:free (?:\d+[- ]minute )?consultation|visit my (?:web ?site|page|blog)|book a session|"
+    r"(?:check out|see) my (?:web ?site|practice|page|blog|book)|my practice'?s? (?:page|website)|"
+    r"(?:reach out|contact me|get in touch) (?:to me )?(?:for|to schedule|to book)|work with me)\b")
+# A closing formula with a comma, then only a name-like tail (capitalised words, credentials) up to the end.
+SIGN_OFF = re.compile(
+    r"(?m)(?:^|(?<=[.!?])\s)(?i:best wishes|best regards|kind regards|warm regards|regards|warmly|sincerely|"
+    r"take care|all the best|wishing you well|be well|cheers|best)\s*,[ \t]*\n?[ \t]*"
+    r"(?:(?:the [a-z]+ team|[A-Z][\w.'-]*)(?:[ \t,]+(?:[A-Z][\w.'-]*|[a-z]+ team))*)?[ \t.]*\Z")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _drop_sentences(text: str, pattern: re.Pattern) -> str:
+    """Remove every sentence (line by line) in which `pattern` occurs."""
+    lines = []
+    for line in text.split("\n"):
+        if pattern.search(line):
+            line = " ".join(s for s in SENTENCE_END.split(line) if not pattern.search(s))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def strip_urls(text: str) -> str:
+    return _drop_sentences(text, URL)
+
+
+def strip_emails(text: str) -> str:
+    return _drop_sentences(text, EMAIL)
+
+
+def strip_phones(text: str) -> str:
+    return _drop_sentences(text, PHONE)
+
+
+def strip_promotion(text: str) -> str:
+    """Self-promotion ('I offer a free consultation', 'visit my website'): the sentence goes."""
+    return _drop_sentences(text, PROMOTION)
+
+
+def strip_sign_off(text: str) -> str:
+    """A closing formula and the name after it at the very end ('Best wishes,\nDr. Jane Rivera, LMFT')."""
+    stripped = SIGN_OFF.sub("", text.rstrip())
+    return stripped.rstrip() if stripped != text.rstrip() else text  # unchanged text stays byte for byte
+
+
+def strip_repeated_sentences(text: str) -> str:
+    """A sentence of four or more words said again later in the same answer: the repeat goes."""
+    seen, lines = set(), []
+    for line in text.split("\n"):
+        kept, repeated = [], False
+        for sentence in SENTENCE_END.split(line):
+            key = re.sub(r"\W+", " ", sentence).strip().casefold()
+            if len(key.split()) >= 4 and key in seen:
+                repeated = True
+                continue
+            seen.add(key)
+            kept.append(sentence)
+        lines.append(" ".join(kept) if repeated else line)
+    return "\n".join(lines)
+
+
 CLEANING_RULES = (
     ("unicode", fix_unicode),
     ("html", strip_html),
     ("missing_space", fix_missing_space),
+    ("url", strip_urls),
+    ("email", strip_emails),
+    ("phone", strip_phones),
+    ("promotion", strip_promotion),
+    ("sign_off", strip_sign_off),
+    ("repeated_sentence", strip_repeated_sentences),
     ("whitespace", fix_whitespace),
 )
+# Rules that remove content rather than repair form: data.artifacts says whether they strip it or drop the row.
+CONTENT_RULES = ("url", "email", "phone", "promotion", "sign_off", "repeated_sentence")
+ARTIFACT_ACTIONS = ("strip", "drop")
 
 
-def clean_text(text: str, counts: Counter | None = None) -> str:
-    """Apply every cleaning rule in order; count in `counts` each rule that changed the text."""
+def clean_text(text: str, counts: Counter | None = None, fired: set | None = None) -> str:
+    """Apply every cleaning rule in order; count in `counts` each rule that changed the text (and add its
+    name to `fired`)."""
     for name, rule in CLEANING_RULES:
         cleaned = rule(text)
-        if counts is not None and cleaned != text:
-            counts[name] += 1
+        if cleaned != text:
+            if counts is not None:
+                counts[name] += 1
+            if fired is not None:
+                fired.add(name)
         text = cleaned
     return text
 
@@ -173,16 +252,37 @@ class CleanReport:
     rule_counts: Counter = field(default_factory=Counter)  # fields changed per rule
     dropped_empty: list = field(default_factory=list)  # (source, row)
     dropped_duplicates: list = field(default_factory=list)
+    dropped_by_rule: Counter = field(default_factory=Counter)  # artifacts='drop': rows dropped, per content rule
+    dropped_artifacts: list = field(default_factory=list)  # (source, row) dropped for an artifact
+
+    def per_rule(self) -> dict:
+        """{rule: {"changed": fields the rule changed, "dropped": rows it dropped}} for every rule, zeros included."""
+        return {name: {"changed": self.rule_counts.get(name, 0), "dropped": self.dropped_by_rule.get(name, 0)}
+                for name, _ in CLEANING_RULES}
 
 
-def clean_pairs(pairs: list[Pair]) -> tuple[list[Pair], CleanReport]:
-    """Clean both fields, then drop empty pairs and exact duplicates (first occurrence kept)."""
+def clean_pairs(pairs: list[Pair], artifacts: str = "strip") -> tuple[list[Pair], CleanReport]:
+    """Clean both fields, then drop empty pairs and exact duplicates (first occurrence kept).
+
+    artifacts='strip' removes URLs, e-mail addresses, phone numbers, self-promotion, sign-offs and
+    repeated sentences from the text; 'drop' drops a row in which any of them occurs (counted per rule).
+    """
+    if artifacts not in ARTIFACT_ACTIONS:
+        raise ValueError(f"artifacts={artifacts!r}: use one of {list(ARTIFACT_ACTIONS)}")
     report = CleanReport()
     seen = set()
     kept = []
     for pair in pairs:
-        context = clean_text(pair.context, report.rule_counts)
-        response = clean_text(pair.response, report.rule_counts)
+        fired: set = set()
+        changes: Counter = Counter()
+        context = clean_text(pair.context, changes, fired)
+        response = clean_text(pair.response, changes, fired)
+        content_fired = sorted(fired & set(CONTENT_RULES))
+        if artifacts == "drop" and content_fired:
+            report.dropped_by_rule.update(content_fired)
+            report.dropped_artifacts.append((pair.source, pair.row))
+            continue
+        report.rule_counts.update(changes)
         if not context or not response:
             report.dropped_empty.append((pair.source, pair.row))
             continue
@@ -208,6 +308,14 @@ def filter_by_length(pairs: list[Pair], lengths: list[int], max_tokens: int) -> 
     kept = [p for p, n in zip(pairs, lengths) if n <= max_tokens]
     dropped = [p for p, n in zip(pairs, lengths) if n > max_tokens]
     return kept, dropped
+
+
+def filter_by_words(pairs: list[Pair], max_words: int) -> tuple[list[Pair], list[Pair]]:
+    """(kept, dropped): pairs whose answer has at most max_words words (0 = keep all)."""
+    if not max_words:
+        return list(pairs), []
+    return ([p for p in pairs if word_count(p.response) <= max_words],
+            [p for p in pairs if word_count(p.response) > max_words])
 
 
 def question_key(context: str) -> str:
@@ -265,8 +373,9 @@ class Prepared:
     sources: dict  # resolved source → rows loaded from it
     loaded: list  # every pair as loaded, before cleaning
     report: CleanReport
-    cleaned: list  # after cleaning, empty and duplicate pairs dropped
-    lengths: list  # rendered length in tokens of each cleaned pair
+    cleaned: list  # after cleaning, empty, duplicate (and, with artifacts='drop', artifact) pairs dropped
+    too_wordy: list  # cleaned pairs whose answer is over max_answer_words
+    lengths: list  # rendered length in tokens of each cleaned pair within the word cap
     too_long: list
     train_pairs: list
     val_pairs: list
@@ -293,12 +402,14 @@ def prepare_records(cfg, tokenizer, resolve=None) -> Prepared:
         pairs = load_pairs(resolve(src))
         sources[resolve(src)] = len(pairs)
         loaded += pairs
-    cleaned, report = clean_pairs(loaded)
-    lengths = token_lengths(cleaned, tokenizer, cfg.system_prompt)
-    kept, too_long = filter_by_length(cleaned, lengths, cfg.max_tokens)
+    cleaned, report = clean_pairs(loaded, cfg.artifacts)
+    short_enough, too_wordy = filter_by_words(cleaned, cfg.max_answer_words)
+    lengths = token_lengths(short_enough, tokenizer, cfg.system_prompt)
+    kept, too_long = filter_by_length(short_enough, lengths, cfg.max_tokens)
     train, val = split_by_question(kept, cfg.val_fraction, cfg.seed)
     counts = {"loaded": len(loaded), "dropped_empty": len(report.dropped_empty),
-              "dropped_duplicates": len(report.dropped_duplicates), "dropped_too_long": len(too_long),
-              "train": len(train), "val": len(val)}
-    return Prepared(sources, loaded, report, cleaned, lengths, too_long, train, val,
+              "dropped_duplicates": len(report.dropped_duplicates), "dropped_artifacts": len(report.dropped_artifacts),
+              "dropped_too_many_words": len(too_wordy), "dropped_too_long": len(too_long),
+              "train": len(train), "val": len(val), "cleaning": report.per_rule()}
+    return Prepared(sources, loaded, report, cleaned, too_wordy, lengths, too_long, train, val,
                     to_records(train, cfg.system_prompt, "train"), to_records(val, cfg.system_prompt, "val"), counts)

@@ -4,18 +4,22 @@ A fresh LoRA goes on sft/merged and no reference model is passed: TRL then score
 running the same network with the adapter switched off, which is exactly the SFT model. Backend
 choice, checkpoints/resume, the non-finite-loss stop and merge-and-save come from `training`.
 
-Pairs are handed to TRL as text: the prompt rendered exactly as at inference (chat.render_prompt,
-non-thinking) and each answer followed by <|im_end|>. DPO then scores the same tokens SFT trained:
-the answer and its end-of-turn token, not the newline the chat template writes after it.
+Pairs are handed to TRL already tokenized: the prompt exactly as at inference (chat.encode_messages,
+non-thinking) and each answer followed by <|im_end|>, with message text kept as text. DPO then scores
+the same tokens SFT trained: the answer and its end-of-turn token, not the newline the chat template
+writes after it. By default sft/merged is loaded in 16-bit (model_config), so the reference is exactly
+the SFT model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
-from .chat import render_training_text
+from .chat import encode_prompt_answer, render_training_text
 from .config import DPOConfig as PhaseConfig
+from .config import ModelConfig
 from .io import read_jsonl
 from .models import Backend
 from .training import TrainingGuards, common_arguments, first_last, series
@@ -76,17 +80,30 @@ def load_pairs(preferences_dir: Path, heldout_fraction: float, seed: int) -> tup
                             f"(seed {seed}, {heldout_fraction:.0%} of the questions)")
 
 
+def model_config(model_cfg: ModelConfig, cfg: PhaseConfig) -> ModelConfig:
+    """The model settings DPO loads sft/merged with: 16-bit unless dpo.load_in_4bit asks for 4-bit.
+
+    The reference is the policy with its adapter off. Loaded in 16-bit, that is exactly the SFT model; loaded
+    in 4-bit (model.load_in_4bit, meant for SFT's QLoRA), the reference would be a rounded copy of it, and
+    the rewards would measure part rounding, part preference.
+    """
+    return dataclasses.replace(model_cfg, load_in_4bit=cfg.load_in_4bit)
+
+
 def preference_dataset(pairs: list[dict], tokenizer):
-    """A datasets.Dataset of text prompt / chosen / rejected: the inference prompt, answers ending in <|im_end|>."""
+    """A datasets.Dataset of prompt / chosen / rejected as text (the inference prompt, answers ending in
+    <|im_end|>) and as token ids (chat.encode_prompt_answer: message text stays text), which TRL trains on."""
     from datasets import Dataset
 
-    rows = {"prompt": [], "chosen": [], "rejected": []}
+    rows = {"prompt": [], "chosen": [], "rejected": [], "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     for pair in pairs:
         prompt, chosen = render_training_text(tokenizer, pair["prompt"], pair["chosen"][-1]["content"])
         _, rejected = render_training_text(tokenizer, pair["prompt"], pair["rejected"][-1]["content"])
-        rows["prompt"].append(prompt)
-        rows["chosen"].append(chosen)
-        rows["rejected"].append(rejected)
+        prompt_ids, chosen_ids = encode_prompt_answer(tokenizer, pair["prompt"], pair["chosen"][-1]["content"])
+        _, rejected_ids = encode_prompt_answer(tokenizer, pair["prompt"], pair["rejected"][-1]["content"])
+        for key, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected), ("prompt_ids", prompt_ids),
+                           ("chosen_ids", chosen_ids), ("rejected_ids", rejected_ids)):
+            rows[key].append(value)
     return Dataset.from_dict(rows)
 
 
@@ -103,7 +120,14 @@ def trainer_class():
     from trl import DPOTrainer
 
     class GuardedDPOTrainer(TrainingGuards, DPOTrainer):
-        pass
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            # TRL would tokenize the text columns again, turning an "<|im_end|>" inside an answer into the
+            # control token; our rows already carry safe ids, so only TRL's length filter is applied.
+            if "prompt_ids" not in dataset.column_names:
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if args.max_length is not None and args.truncation_mode == "keep_start":
+                dataset = dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
+            return dataset
 
     return GuardedDPOTrainer
 

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import one_per_question, prompt_messages, render_prompt, tokenize_prompt_completion
+from .chat import encode_messages, one_per_question, prompt_messages, render_prompt, tokenize_prompt_completion
 from .io import read_jsonl
 from .llamacpp import context_size, gguf_complete, gguf_scores, load_gguf
 from .logprobs import scored_positions, token_nll
@@ -101,8 +101,8 @@ def answer_with_gguf(path: Path, tokenizer, prompts: list[EvalPrompt], sampling,
         llm = load_gguf(path, n_ctx=context_size(longest + sampling.max_new_tokens), n_threads=n_threads,
                         seed=sampling.seed)
     try:
-        return [gguf_complete(llm, text, sampling, sampling.seed + i)
-                for i, text in enumerate(tqdm(texts, desc="answering (gguf)"))]
+        return [gguf_complete(llm, text, sampling, sampling.seed + i, prompt_ids=encode_messages(tokenizer, p.messages))
+                for i, (text, p) in enumerate(zip(tqdm(texts, desc="answering (gguf)"), prompts))]
     finally:
         if own:
             llm.close()  # free the model now rather than at interpreter exit

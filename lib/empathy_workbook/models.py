@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import END_TOKEN, render_prompt
+from .chat import END_TOKEN, encode_messages
 from .config import TINY_MODEL, ModelConfig, SamplingConfig
 
 
@@ -36,34 +36,51 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def gpu_precision(requested: str) -> tuple[str, str]:
+    """(precision, note): 16-bit training runs in bf16 wherever the GPU supports it, fp16 only where it doesn't.
+
+    Qwen3 ships in bf16; bf16 has fp32's exponent range, so activations that overflow fp16's 65,504
+    stay finite, and no loss scaling is needed. GPUs before Ampere (e.g. T4, V100) lack bf16: fp16 there.
+    """
+    if requested not in ("fp16", "bf16"):
+        return requested, ""
+    import torch
+
+    if torch.cuda.is_bf16_supported():
+        return "bf16", "" if requested == "bf16" else "; bf16 instead of the preset's fp16 (this GPU supports it)"
+    return "fp16", "" if requested == "fp16" else "; fp16: this GPU has no bf16"
+
+
 def select_backend(model_cfg: ModelConfig, precision: str = "fp16") -> Backend:
     """Pick Unsloth, transformers+PEFT or CPU from what this machine has; never imports CUDA-only code."""
     if not cuda_available():
         return Backend("cpu", "cpu", False, "fp32",
                        "no CUDA device: transformers + PEFT in fp32, no quantization")
-    if precision == "bf16" or precision == "fp16":
-        import torch
-
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            precision = "fp16"
+    precision, precision_note = gpu_precision(precision)
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     if model_cfg.use_unsloth and has_unsloth:
         return Backend("unsloth", "cuda", model_cfg.load_in_4bit, precision,
-                       "CUDA and Unsloth are installed")
+                       "CUDA and Unsloth are installed" + precision_note)
     why = "Unsloth disabled in the preset" if not model_cfg.use_unsloth else "Unsloth is not installed"
     four_bit = model_cfg.load_in_4bit and has_bnb
     if model_cfg.load_in_4bit and not has_bnb:
         why += "; bitsandbytes missing, so the base stays 16-bit"
-    return Backend("transformers+peft", "cuda", four_bit, precision, f"CUDA; {why}")
+    return Backend("transformers+peft", "cuda", four_bit, precision, f"CUDA; {why}{precision_note}")
 
 
 def resolve_model_path(name_or_path: str, log=print) -> str:
-    """'tiny' → the cached embedded model (built on first use); anything else is returned as is."""
+    """'tiny' → the cached embedded model; 'random:<shape>?layers=N' → a cached random-weight Qwen3 with real
+    shapes and Qwen3's tokenizer (synthetic.py); both built on first use. Anything else is returned as is."""
+    name_or_path = str(name_or_path)
     if name_or_path == TINY_MODEL:
         from .tiny import ensure_tiny
 
         return str(ensure_tiny(log=log))
+    from .synthetic import ensure_random_model, is_random_spec
+
+    if is_random_spec(name_or_path):
+        return str(ensure_random_model(name_or_path, log=log))
     return name_or_path
 
 
@@ -103,6 +120,22 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return sorted(i for i in ids if i is not None and i >= 0)
 
 
+def sampling_kwargs(sampling: SamplingConfig, repetition_penalty: float | None = None) -> dict:
+    """generate() arguments that spell out every sampling knob.
+
+    Each one is passed explicitly, also when it is "off": a value left out is taken from the model's
+    generation_config.json, and Qwen3 ships top_k=20 there, so "top_k: 0" in a preset would silently
+    become 20 (and T = 1.5 rejected answers would come out far less varied than the preset says).
+    """
+    penalty = repetition_penalty or sampling.repetition_penalty
+    if sampling.temperature == 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None,
+                "repetition_penalty": penalty, "max_new_tokens": sampling.max_new_tokens}
+    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k, "min_p": sampling.min_p or None,
+            "repetition_penalty": penalty, "max_new_tokens": sampling.max_new_tokens}
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], sampling: SamplingConfig,
              repetition_penalty: float | None = None, progress: bool = True, desc: str = "generating") -> list[dict]:
     """Answer each conversation (a list of prompt messages) with seeded, batched, left-padded sampling.
@@ -113,8 +146,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampli
     import torch
     from tqdm.auto import tqdm
 
-    prompts = [render_prompt(tokenizer, messages) for messages in conversations]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    # message text stays text: a question or answer holding "<|im_end|>" cannot end its turn (chat.encode_messages)
+    prompts = [encode_messages(tokenizer, messages) for messages in conversations]
+    lengths = [len(ids) for ids in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
@@ -123,17 +157,12 @@ def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampli
     batches = [order[i:i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
     try:
         for number, batch in enumerate(tqdm(batches, desc=desc, disable=not progress)):
-            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
+            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding=True,
+                                    return_tensors="pt").to(device)
             torch.manual_seed(sampling.seed + number)  # each batch reproducible on its own
-            greedy = sampling.temperature == 0
             with torch.no_grad():
                 output = model.generate(
-                    **encoded, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-                    temperature=None if greedy else sampling.temperature,
-                    top_p=None if greedy else sampling.top_p,
-                    top_k=None if greedy or not sampling.top_k else sampling.top_k,
-                    repetition_penalty=repetition_penalty or sampling.repetition_penalty,
+                    **encoded, **sampling_kwargs(sampling, repetition_penalty),
                     eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
                 )
             new = output[:, encoded["input_ids"].shape[1]:]

