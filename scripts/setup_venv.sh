@@ -25,5 +25,6 @@ fi
 .venv/bin/python -c "import empathy_workbook, torch, transformers, trl, peft, llama_cpp; print('setup: ok, torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 # The committed notebooks declare the kernel `python3`. Installed with --sys-prefix the spec lives in
 # .venv/share/jupyter and starts .venv/bin/python; a user's own kernels in ~/.local/share/jupyter are
-# left alone (`make lab` and the browser test put .venv/share/jupyter first on JUPYTER_PATH).
+# left alone. Jupyter run from a venv already looks in the venv first (jupyter_core's
+# JUPYTER_PREFER_ENV_PATH); `make lab` and the browser test also put it first on JUPYTER_PATH.
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (empathy-workbook)"
