@@ -180,7 +180,7 @@ def test_notebook_05_in_jupyterlab(lab, workspace, browser):
     from selenium.webdriver.support.ui import Select
 
     from empathy_workbook.config import load_config
-    from empathy_workbook.evaluate import GGUFChat
+    from empathy_workbook.ui import GGUFChat
     from empathy_workbook.io import read_jsonl
     from empathy_workbook.models import load_tokenizer
 
