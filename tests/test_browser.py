@@ -164,14 +164,18 @@ def click_menu(driver, menu: str, item: str) -> None:
         By.XPATH, f"//div[contains(@class,'lm-Menu-itemLabel') and text()='{item}']"), 10, f"menu item {item!r}")[0].click()
 
 
-def shown_cards(driver) -> dict:
-    """Model → answer text of the cards the viewer shows now, and the prompt id they belong to."""
+def shown_cards(driver) -> dict | None:
+    """Model → answer text of the cards the viewer shows now, and their prompt id (None while it re-renders)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    block = driver.find_element(By.CSS_SELECTOR, ".ew-answers .ew-prompt")
-    cards = {card.get_attribute("data-model"): text_of(card.find_element(By.CSS_SELECTOR, ".ew-answer-text"))
-             for card in block.find_elements(By.CSS_SELECTOR, ".ew-answer")}
-    return {"prompt_id": block.get_attribute("data-prompt-id"), "cards": cards}
+    try:
+        block = driver.find_element(By.CSS_SELECTOR, ".ew-answers .ew-prompt")
+        cards = {card.get_attribute("data-model"): text_of(card.find_element(By.CSS_SELECTOR, ".ew-answer-text"))
+                 for card in block.find_elements(By.CSS_SELECTOR, ".ew-answer")}
+        return {"prompt_id": block.get_attribute("data-prompt-id"), "cards": cards}
+    except (NoSuchElementException, StaleElementReferenceException):
+        return None
 
 
 def test_notebook_05_in_jupyterlab(lab, workspace, browser):
@@ -206,7 +210,7 @@ def test_notebook_05_in_jupyterlab(lab, workspace, browser):
     assert models == ["base", "sft", "dpo", "gguf"]
     viewer = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, ".ew-viewer"), 60, "the answer viewer")[0]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", viewer)
-    first = shown_cards(driver)
+    first = wait_until(lambda: shown_cards(driver), 30, "the viewer's cards")
     assert set(first["cards"]) == set(models)
     shot(driver, "02_ran_all")
 
@@ -214,7 +218,7 @@ def test_notebook_05_in_jupyterlab(lab, workspace, browser):
     prompt_picker = Select(viewer.find_element(By.CSS_SELECTOR, ".ew-prompt-picker select"))
     assert len(prompt_picker.options) == len({r["prompt_id"] for r in answers})
     prompt_picker.select_by_index(len(prompt_picker.options) - 3)
-    picked = wait_until(lambda: (s := shown_cards(driver))["prompt_id"] != first["prompt_id"] and s, 30,
+    picked = wait_until(lambda: (s := shown_cards(driver)) and s["prompt_id"] != first["prompt_id"] and s, 30,
                         "the viewer to show the picked prompt")
     question = by_key[("dpo", picked["prompt_id"])]["question"]
     assert question[:60] in prompt_picker.first_selected_option.text
@@ -226,7 +230,7 @@ def test_notebook_05_in_jupyterlab(lab, workspace, browser):
     # Step 3: pick one model; only its answer to the same prompt stays.
     model_picker = Select(viewer.find_element(By.CSS_SELECTOR, ".ew-model-picker select"))
     model_picker.select_by_visible_text("sft")
-    only = wait_until(lambda: (s := shown_cards(driver))["cards"].keys() == {"sft"} and s, 30,
+    only = wait_until(lambda: (s := shown_cards(driver)) and s["cards"].keys() == {"sft"} and s, 30,
                       "the viewer to show only the sft answer")
     assert only["prompt_id"] == picked["prompt_id"]
     assert only["cards"]["sft"] == by_key[("sft", picked["prompt_id"])]["answer"]
