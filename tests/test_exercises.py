@@ -39,8 +39,10 @@ def check_preferences(base, new, run):
 
 def check_dpo(base, new, run):
     assert (new["beta"], base["beta"]) == (0.5, 0.1)
-    assert new["eval_reward_margin_last"] > base["eval_reward_margin_last"]  # reported margins look bigger
-    assert new["eval_reward_margin_last"] / 0.5 < base["eval_reward_margin_last"] / 0.1  # but it moved less
+    # The reward is beta x log-ratio: with similar steps (Adam divides out the gradient's scale) a five times
+    # larger beta reports larger margins and a lower loss -log sigmoid(margin) on the held-out pairs.
+    assert new["eval_reward_margin_last"] > base["eval_reward_margin_last"] > 0
+    assert new["eval_loss_last"] < base["eval_loss_last"]
 
 
 def check_export(base, new, run):
