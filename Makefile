@@ -25,10 +25,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not smoke"
 
-## JupyterLab on the project's virtual environment.
+## JupyterLab on the project's virtual environment (installed by setup; its kernel is .venv's python3).
 lab: $(STAMP)
-	$(PY) -m pip install -q -e ".[lab]"
-	$(PY) -m jupyter lab notebooks/
+	JUPYTER_PATH="$(CURDIR)/.venv/share/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH}" $(PY) -m jupyter lab notebooks/
 
 ## Benchmarks (not tests): see bench/README.md.
 bench: $(STAMP)

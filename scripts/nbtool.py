@@ -19,8 +19,8 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 def clean(nb: dict) -> dict:
     nb["metadata"] = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
     for cell in nb["cells"]:
-        tags = cell.get("metadata", {}).get("tags")
-        cell["metadata"] = {"tags": tags} if tags else {}
+        # Keep tags (papermill's `parameters`) and `jupyter` (source_hidden: the collapsed worked answers).
+        cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in ("tags", "jupyter") and v}
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
         cell.pop("id", None)

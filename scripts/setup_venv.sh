@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv and install the project into it. Called by `make` when .venv is missing or
 # pyproject.toml changed; safe to re-run.
-#   CPU machine : the CPU build of torch, then the project (+ dev tools)
+#   CPU machine : the CPU build of torch, then the project (+ dev tools, JupyterLab)
 #   CUDA machine: the normal torch build, llama-cpp-python built with CUDA (when nvcc exists), then the
 #                 project with the `gpu` extra (bitsandbytes)
+# Both register the venv's Python as the `python3` Jupyter kernel inside .venv (see the end).
 # llama-cpp-python compiles from source (about 6 minutes on 2 cores the first time; pip caches the wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,11 @@ else
   # TORCH_INDEX_URL may point at PyTorch's CPU wheel index to avoid downloading a CUDA build.
   export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA}"
   $PIP install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
-  $PIP install -e ".[dev]"
+  $PIP install -e ".[dev,lab]"
 fi
 .venv/bin/python -c "import empathy_workbook, torch, transformers, trl, peft, llama_cpp; print('setup: ok, torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+# The committed notebooks declare the kernel `python3`. Installed with --sys-prefix the spec lives in
+# .venv/share/jupyter and starts .venv/bin/python; a user's own kernels in ~/.local/share/jupyter are
+# left alone. Jupyter run from a venv already looks in the venv first (jupyter_core's
+# JUPYTER_PREFER_ENV_PATH); `make lab` and the browser test also put it first on JUPYTER_PATH.
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (empathy-workbook)"

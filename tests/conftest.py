@@ -33,3 +33,18 @@ def records(tiny_cfg, tokenizer):
 
     train, val, _ = prepare_records(tiny_cfg.data, tokenizer)
     return train, val
+
+
+@pytest.fixture(scope="session")
+def tiny_run():
+    """A finished tiny-preset run (artifacts/runs/ci-tiny) that the browser and exercise tests build on.
+
+    Made with the runner, which skips unchanged phases: a second `make test` reuses it in seconds.
+    Tests copy its phases into runs of their own (guide.fork_run) instead of writing into it.
+    """
+    from empathy_workbook.paths import RunPaths
+    from empathy_workbook.runner import run_pipeline
+
+    summary = run_pipeline("tiny", "ci-tiny", progress=False)
+    assert summary["status"] == "ok", summary["failure"]
+    return RunPaths.for_run("ci-tiny")

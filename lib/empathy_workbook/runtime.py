@@ -73,10 +73,38 @@ class PhaseContext:
             raise ValueError(f"phase {self.phase!r} does not read {phase!r} (see PHASE_INPUTS)")
         folder = self.paths.root / phase
         if not (folder / "metrics.json").exists():
-            raise FileNotFoundError(
-                f"{folder}/metrics.json is missing: run notebook {NOTEBOOKS[phase]} for run "
-                f"{self.paths.root.name!r} first")
+            raise MissingPhaseError(self.phase, [phase], self.paths)
         return folder
+
+
+class MissingPhaseError(FileNotFoundError):
+    """An earlier phase has not run: one line naming the notebook to run, shown in Jupyter without a traceback."""
+
+    def __init__(self, phase: str, missing: list[str], paths: RunPaths):
+        self.phase, self.missing = phase, list(missing)
+        first = self.missing[0]
+        then = f" (then {', '.join(NOTEBOOKS[p] for p in self.missing[1:])})" if len(self.missing) > 1 else ""
+        super().__init__(
+            f"{NOTEBOOKS[phase]} needs phase {first!r} of run {paths.root.name!r}: run notebook "
+            f"{NOTEBOOKS[first]} first{then} ({paths.root / first}/metrics.json is missing)")
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows these lines instead of a traceback: the learner's next step is to run a notebook,
+        # not to read library frames.
+        return [f"{type(self).__name__}: {self}"]
+
+
+def require_inputs(phase: str, paths: RunPaths) -> None:
+    """Raise MissingPhaseError when a phase this one reads (directly or through another) has not finished."""
+    needed, todo = set(), list(PHASE_INPUTS[phase])
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(PHASE_INPUTS[name])
+    missing = [p for p in NOTEBOOKS if p in needed and not (paths.root / p / "metrics.json").exists()]
+    if missing:
+        raise MissingPhaseError(phase, missing, paths)
 
 
 def seed_everything(seed: int) -> None:
@@ -139,6 +167,7 @@ def start_phase(phase: str, preset: str = "tiny", run_name: str = "demo", overri
     """Load the config, seed everything, set the plot style, create the run folders."""
     cfg = load_config(preset, overrides)
     paths = RunPaths.for_run(run_name, artifacts)
+    require_inputs(phase, paths)  # before any folder is made: opening 03 first only prints which notebook to run
     out = paths.phase(phase)
     write_json(out / "config.json", cfg.to_dict())
     if phase == "data":

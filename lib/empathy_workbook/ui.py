@@ -49,32 +49,54 @@ def widgets_available() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def answers_html(side, prompt_id: str) -> str:
-    """One prompt's answers from every model side by side (HTML cards with the judge score)."""
+def answers_html(side, prompt_id: str, models: list[str] | None = None) -> str:
+    """One prompt's answers side by side (HTML cards with the judge score); `models` limits the cards.
+
+    The ew-* classes and data attributes are stable hooks for tests/test_browser.py.
+    """
     import html
 
     row = side[side["prompt_id"] == prompt_id].iloc[0]
-    models = [c[: -len(" answer")] for c in side.columns if c.endswith(" answer")]
+    models = models or viewer_models(side)
     cards = []
     for model in models:
         score = row[f"{model} score"]
         shown = "parse failed" if score is None or is_nan(score) else f"{score:g}/10"
-        cards.append(f"<div style='flex:1;min-width:180px;border:1px solid #ccc;border-radius:6px;padding:6px'>"
+        cards.append(f"<div class='ew-answer' data-model='{html.escape(model)}' "
+                     f"style='flex:1;min-width:180px;border:1px solid #ccc;border-radius:6px;padding:6px'>"
                      f"<b>{html.escape(model)}</b> · judge {shown}<br>"
-                     f"<span style='white-space:pre-wrap'>{html.escape(str(row[f'{model} answer']))}</span></div>")
-    return (f"<p><b>{html.escape(row['category'])}</b> · {html.escape(row['question'])}</p>"
-            f"<div style='display:flex;gap:8px;flex-wrap:wrap'>{''.join(cards)}</div>")
+                     f"<span class='ew-answer-text' style='white-space:pre-wrap'>"
+                     f"{html.escape(str(row[f'{model} answer']))}</span></div>")
+    return (f"<div class='ew-prompt' data-prompt-id='{html.escape(str(prompt_id))}'>"
+            f"<p><b>{html.escape(row['category'])}</b> · {html.escape(row['question'])}</p>"
+            f"<div style='display:flex;gap:8px;flex-wrap:wrap'>{''.join(cards)}</div></div>")
+
+
+def viewer_models(side) -> list[str]:
+    """The models that have an answer column in the side-by-side table, in its order."""
+    return [c[: -len(" answer")] for c in side.columns if c.endswith(" answer")]
+
+
+ALL_MODELS = "all models"
 
 
 def prompt_viewer(side):
-    """A dropdown of prompts; picking one shows the models' answers and scores side by side."""
+    """A prompt dropdown and a model dropdown; the cards below show the picked prompt's answers and scores."""
     import ipywidgets as widgets
 
     options = [(f"{r.category} · {r.question[:70]}", r.prompt_id) for r in side.itertuples()]
     picker = widgets.Dropdown(options=options, description="prompt", layout=widgets.Layout(width="95%"))
+    model = widgets.Dropdown(options=[ALL_MODELS] + viewer_models(side), description="model")
     shown = widgets.HTML(answers_html(side, options[0][1]))
-    picker.observe(lambda change: setattr(shown, "value", answers_html(side, change["new"])), names="value")
-    return widgets.VBox([picker, shown])
+
+    def update(_):
+        shown.value = answers_html(side, picker.value, None if model.value == ALL_MODELS else [model.value])
+
+    picker.observe(update, names="value")
+    model.observe(update, names="value")
+    for widget, hook in ((picker, "ew-prompt-picker"), (model, "ew-model-picker"), (shown, "ew-answers")):
+        widget.add_class(hook)
+    return widgets.VBox([picker, model, shown]).add_class("ew-viewer")
 
 
 def chat_widget(chat: GGUFChat):
@@ -85,9 +107,9 @@ def chat_widget(chat: GGUFChat):
 
     # continuous_update=False: the value changes on Enter (or leaving the box), not on every keystroke.
     box = widgets.Text(placeholder="e.g. I'm scared of falling on the stairs at night", continuous_update=False,
-                       layout=widgets.Layout(width="80%"))
-    send = widgets.Button(description="Send", button_style="primary")
-    log = widgets.HTML()
+                       layout=widgets.Layout(width="80%")).add_class("ew-chat-input")
+    send = widgets.Button(description="Send", button_style="primary").add_class("ew-chat-send")
+    log = widgets.HTML().add_class("ew-chat-log")
 
     def on_send(_):
         text = box.value.strip()
@@ -96,9 +118,9 @@ def chat_widget(chat: GGUFChat):
         box.value = ""
         answer = chat.reply(text)
         end = "" if answer["ended_on_eos"] else " <i>(cut at the length limit)</i>"
-        log.value += (f"<p><b>you:</b> {html.escape(text)}<br><b>assistant:</b> "
-                      f"{html.escape(answer['text'])}{end}</p>")
+        log.value += (f"<p class='ew-turn'><b>you:</b> <span class='ew-user'>{html.escape(text)}</span><br>"
+                      f"<b>assistant:</b> <span class='ew-reply'>{html.escape(answer['text'])}</span>{end}</p>")
 
     send.on_click(on_send)
     box.observe(on_send, names="value")
-    return widgets.VBox([widgets.HBox([box, send]), log])
+    return widgets.VBox([widgets.HBox([box, send]), log]).add_class("ew-chat")
