@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+from .family import QWEN3, family_of
+
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
-END_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|endoftext|>"
+# Qwen3's tokens, kept only for modules not yet moved to family profiles; new code asks family_of(tokenizer).
+END_TOKEN = QWEN3.end_of_turn
+PAD_TOKEN = QWEN3.pad
 
 
 def prompt_messages(system_prompt: str, question: str) -> list[dict]:
@@ -32,8 +35,8 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 
 def render_training_text(tokenizer, messages: list[dict], answer: str) -> tuple[str, str]:
     """(prompt, completion) strings for training: the prompt is the inference prompt, the
-    completion is the answer plus the end-of-turn token and nothing else."""
-    return render_prompt(tokenizer, messages), answer + END_TOKEN
+    completion is the answer plus the family's end-of-turn token and nothing else."""
+    return render_prompt(tokenizer, messages), answer + family_of(tokenizer).end_of_turn
 
 
 def strip_think(text: str) -> str:

@@ -5,7 +5,7 @@ running the same network with the adapter switched off, which is exactly the SFT
 choice, checkpoints/resume, the non-finite-loss stop and merge-and-save come from `training`.
 
 Pairs are handed to TRL as text: the prompt rendered exactly as at inference (chat.render_prompt,
-non-thinking) and each answer followed by <|im_end|>. DPO then scores the same tokens SFT trained:
+non-thinking) and each answer followed by the family's end-of-turn token. DPO then scores the same tokens SFT trained:
 the answer and its end-of-turn token, not the newline the chat template writes after it.
 """
 
@@ -77,7 +77,7 @@ def load_pairs(preferences_dir: Path, heldout_fraction: float, seed: int) -> tup
 
 
 def preference_dataset(pairs: list[dict], tokenizer):
-    """A datasets.Dataset of text prompt / chosen / rejected: the inference prompt, answers ending in <|im_end|>."""
+    """A datasets.Dataset of text prompt / chosen / rejected: the inference prompt, answers ending in the end-of-turn token."""
     from datasets import Dataset
 
     rows = {"prompt": [], "chosen": [], "rejected": []}
