@@ -125,3 +125,12 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 def end_of_turn_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(family_of(tokenizer).end_of_turn)
+
+
+def family_of_template(template: str) -> FamilyProfile:
+    """The profile whose end-of-turn token a chat template writes (for GGUF files, which carry the template)."""
+    matches = [p for p in PROFILES if p.end_of_turn in template]
+    if len(matches) != 1:
+        raise UnknownFamilyError(f"the chat template writes the end-of-turn token of {[p.name for p in matches] or 'no'} "
+                                 f"family; looked for {[p.end_of_turn for p in PROFILES]}")
+    return matches[0]
