@@ -298,6 +298,11 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
+    # A fast tokenizer does not write the SentencePiece model it was not loaded from; llama.cpp's converter
+    # needs it for SentencePiece families (Gemma), so the base folder's copy travels with every merge.
+    sentencepiece_model = Path(base_path) / "tokenizer.model"
+    if sentencepiece_model.exists() and not (tmp / "tokenizer.model").exists():
+        shutil.copy2(sentencepiece_model, tmp / "tokenizer.model")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once
     return out_dir
@@ -332,6 +337,22 @@ def side_by_side(models: dict, tokenizer, records: list[dict], sampling: Samplin
         table[name] = [a["text"] for a in answers]
         table[f"{name}_stopped"] = [a["ended_on_eos"] for a in answers]
     return table
+
+
+def describe_side_by_side(table, names: list[str]) -> str:
+    """What the side-by-side table shows, in words computed from it (so the text cannot claim what the run
+    did not do): per model, how many answers stopped by themselves, their mean length, and how many
+    repeat the question's opening words (a base model's habit of continuing the text instead of answering)."""
+    lines = []
+    for name in names:
+        answers = table[name].tolist()
+        stopped = int(table[f"{name}_stopped"].sum())
+        words = sum(len(a.split()) for a in answers) / max(1, len(answers))
+        echoes = sum(1 for q, a in zip(table["question"], answers)
+                     if len(q.split()) >= 4 and " ".join(q.split()[:4]).lower() in a.lower())
+        lines.append(f"{name}: {stopped}/{len(answers)} answers stopped by themselves, {words:.0f} words on average, "
+                     f"{echoes} repeat the question's first words")
+    return "\n".join(lines)
 
 
 def free_memory() -> None:
