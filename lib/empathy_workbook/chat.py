@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 
-from .family import QWEN3, family_of
+from .family import family_of
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
-# Qwen3's tokens, kept only for modules not yet moved to family profiles; new code asks family_of(tokenizer).
-END_TOKEN = QWEN3.end_of_turn
-PAD_TOKEN = QWEN3.pad
 
 
 def prompt_messages(system_prompt: str, question: str) -> list[dict]:

@@ -11,7 +11,7 @@ Steps (notebook 04 walks through them in this order):
 4. ``verify_export`` runs every check: the file checks of gguf_checks.py (structure, truncation,
    checksum, K-quants really applied, template round trip, stop tokens, tokenization parity) and the
    behaviour checks of gguf_quality.py (greedy parity, perplexity, KL divergence, top-token agreement,
-   a chat completion that ends on <|im_end|>); ``export_metrics`` and ``checks_passed`` sum them up.
+   a chat completion that ends on the family's end-of-turn token); ``export_metrics`` and ``checks_passed`` sum them up.
 
 Every file is written under a temporary name, validated, then renamed: a crash never leaves a
 half-written ``model-*.gguf`` that a later run would take as finished.
@@ -328,7 +328,7 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
         "tokenization_parity": all(r["match"] for r in checks["tokenization"].values()),
         "template_roundtrip": all(checks["templates"].values()),
         "stop_tokens_ok": all(r["ok"] for r in checks["stop_tokens"].values()),
-        "chat_stops_on_im_end": checks["chat"]["stops_on_im_end"],
+        "chat_stops_on_end_of_turn": checks["chat"]["stops_on_end_of_turn"],
         "chat_natural_stop": checks["chat"]["natural_stop"],
         "kquants_applied": all(checks["kquants"][q]["applied"] for q in kquant_formats) if kquant_formats else None,
         "tensor_types": {q: r["tensor_counts"] for q, r in checks["kquants"].items()},
@@ -344,5 +344,5 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
 def checks_passed(metrics: dict) -> dict[str, bool]:
     """The pass/fail checks of an export, by name (all must be True before a file ships)."""
     names = ("greedy_parity", "tokenization_parity", "template_roundtrip", "stop_tokens_ok",
-             "chat_stops_on_im_end", "kquants_applied")
+             "chat_stops_on_end_of_turn", "kquants_applied")
     return {name: bool(metrics.get(name)) for name in names}
