@@ -56,9 +56,11 @@ def test_sft_validation_loss_falls_by_at_least_ten_percent(metrics):
     assert sft["eval_loss_last"] <= 0.9 * sft["eval_loss_first"], (sft["eval_loss_first"], sft["eval_loss_last"])
 
 
-def test_sft_and_dpo_answers_end_on_the_end_of_turn_token(answers):
+def test_sft_and_dpo_answers_end_on_the_end_of_turn_token(metrics, answers):
     rates = {model: suite_end_rate(answers, model) for model in ("base", "sft", "dpo")}
     print("suite answers ending on <end_of_turn>:", rates)  # the base rate is reported beside them
+    models = metrics["eval"]["models"]
+    assert all(abs(models[m]["suite_ended_on_eos_rate"] - rate) < 1e-3 for m, rate in rates.items())
     assert rates["sft"] >= 0.8 and rates["dpo"] >= 0.8, rates
 
 

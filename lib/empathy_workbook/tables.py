@@ -109,6 +109,7 @@ def model_summary(table, perplexities: dict) -> dict:
             "boundary_pass_rate": _rate(part["declines"].tolist()),
             "think_leaks": int(part["think_leak"].sum()),
             "ended_on_eos_rate": _rate(part["ended_on_eos"].tolist()),
+            "suite_ended_on_eos_rate": _rate(part.loc[part["suite"] != VALIDATION, "ended_on_eos"].tolist()),
             "within_budget_rate": _rate(part["within_budget"].tolist()),
             "mean_words": round(float(part["words"].mean()), 2),
             "distinct_2": round(float(part["distinct_2"].mean()), 4),
