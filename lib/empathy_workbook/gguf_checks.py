@@ -114,23 +114,34 @@ def parameter_count(path: Path) -> int:
 def quant_type_report(path: Path, quant: str) -> dict:
     """Which ggml types hold the weights of a quantized file, and whether the format really applied.
 
-    applied is True when the intended main type (q4_K for Q4_K_M, ...) holds the largest share of
-    quantized weights and no tensor fell back to a legacy type (q5_0, q8_0, ...) in a K-quant file.
+    K-quants work on rows whose length is a multiple of 256; llama.cpp silently stores other rows in a
+    legacy type (q5_0, q8_0, ...). Gemma 3 270M has 640-wide rows in its embeddings and q/k/v/gate/up
+    projections, so there such fallbacks are forced and expected. applied is True when the intended main
+    type (q4_K for Q4_K_M, ...) holds the largest share of the weights whose rows allow K-quants and none
+    of those fell back to a legacy type. forced_fallback_tensors lists the others.
     """
     tensors = gguf_reader(path).tensors
     counts = Counter(t.tensor_type.name for t in tensors)
     quantized = [t for t in tensors if t.tensor_type.name not in UNQUANTIZED_TYPES]
-    elements = Counter()
+    elements, eligible = Counter(), Counter()
     for t in quantized:
         elements[t.tensor_type.name] += int(t.n_elements)
+        if _row_length(t) % 256 == 0:
+            eligible[t.tensor_type.name] += int(t.n_elements)
     total = sum(elements.values()) or 1
     main = MAIN_TYPE[quant]
-    fallbacks = [] if quant == "Q8_0" else sorted(t.name for t in quantized
-                                                   if t.tensor_type.name in LEGACY_FALLBACK_TYPES)
-    top = elements.most_common(1)[0][0] if elements else None
+    legacy = [] if quant == "Q8_0" else [t for t in quantized if t.tensor_type.name in LEGACY_FALLBACK_TYPES]
+    fallbacks = sorted(t.name for t in legacy if _row_length(t) % 256 == 0)
+    forced = sorted(t.name for t in legacy if _row_length(t) % 256)
+    top = eligible.most_common(1)[0][0] if eligible else None
     return {"tensor_counts": dict(counts), "weight_share": {k: round(v / total, 4) for k, v in elements.items()},
             "main_type": main, "main_share": round(elements[main] / total, 4), "fallback_tensors": fallbacks,
-            "applied": bool(quantized) and top == main and not fallbacks}
+            "forced_fallback_tensors": forced, "applied": bool(eligible) and top == main and not fallbacks}
+
+
+def _row_length(tensor) -> int:
+    """Length of one row (ggml's ne[0], the first entry of the gguf reader's shape)."""
+    return int(tensor.shape[0])
 
 
 def template_roundtrip(path: Path, tokenizer) -> bool:

@@ -25,7 +25,7 @@ from .io import sha256_file, sha256_text, write_json
 from .paths import cache_dir
 
 PACKAGE_SCHEME = "gguf-package:"
-BUILD_VERSION = 1  # bump when the conversion below changes in a way the fields of PackagedModel don't capture
+BUILD_VERSION = 2  # bump when the conversion below changes in a way the fields of PackagedModel don't capture
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_sentencepiece_model(gguf_path, tmp / "tokenizer.model")
+    write_converter_vocabulary(gguf_path, tmp)
     write_json(tmp / "packaged.json", {
         "source": f"{PACKAGE_SCHEME}{name}", "gguf": spec.filename, "sha256": spec.sha256, "family": profile.name,
         "terms": spec.terms, "parameters": sum(p.numel() for p in model.parameters()),
@@ -221,11 +221,27 @@ def sentencepiece_proto(vocab: dict):
     return proto
 
 
-def write_sentencepiece_model(gguf_path: Path, out_path: Path) -> dict:
+def write_converter_vocabulary(gguf_path: Path, folder: Path) -> dict:
+    """The files llama.cpp's converter reads a SentencePiece vocabulary from: tokenizer.model, plus
+    added_tokens.json naming the user-defined tokens (Gemma's newline runs, [multimodal], ...).
+
+    The converter reads piece types through SentencePieceProcessor, which reports a user-defined piece as
+    normal; only added_tokens.json makes it write them as user-defined again (with the score -1000 they
+    have in the original file). llama.cpp matches user-defined tokens whole, before BPE, so a wrong type
+    would split "\n\n" differently from transformers.
+    """
+    vocab = gguf_vocabulary(gguf_path)
+    written = write_sentencepiece_model(gguf_path, folder / "tokenizer.model", vocab)
+    user_defined = {token: i for i, (token, kind) in enumerate(zip(vocab["tokens"], vocab["types"])) if int(kind) == 4}
+    write_json(folder / "added_tokens.json", user_defined)
+    return {**written, "user_defined": len(user_defined)}
+
+
+def write_sentencepiece_model(gguf_path: Path, out_path: Path, vocab: dict | None = None) -> dict:
     """Write tokenizer.model rebuilt from the GGUF and check that SentencePiece loads it with the same vocabulary."""
     import sentencepiece
 
-    vocab = gguf_vocabulary(gguf_path)
+    vocab = vocab or gguf_vocabulary(gguf_path)
     out_path.write_bytes(sentencepiece_proto(vocab).SerializeToString())
     processor = sentencepiece.SentencePieceProcessor(model_file=str(out_path))
     if processor.vocab_size() != len(vocab["tokens"]):

@@ -298,11 +298,11 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    # A fast tokenizer does not write the SentencePiece model it was not loaded from; llama.cpp's converter
-    # needs it for SentencePiece families (Gemma), so the base folder's copy travels with every merge.
-    sentencepiece_model = Path(base_path) / "tokenizer.model"
-    if sentencepiece_model.exists() and not (tmp / "tokenizer.model").exists():
-        shutil.copy2(sentencepiece_model, tmp / "tokenizer.model")
+    # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
+    # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
+    for name in ("tokenizer.model", "added_tokens.json"):
+        if (Path(base_path) / name).exists() and not (tmp / name).exists():
+            shutil.copy2(Path(base_path) / name, tmp / name)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once
     return out_dir
