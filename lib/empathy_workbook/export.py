@@ -192,6 +192,27 @@ def check_model_dir(model_dir: Path) -> None:
                                 "save_pretrained(safe_serialization=True) and its tokenizer")
 
 
+@contextlib.contextmanager
+def converter_view(model_dir: Path):
+    """The folder the converter should read: model_dir itself, or, when model_dir carries SentencePiece
+    files for the converter (packaged.CONVERTER_VOCAB_DIR: tokenizer.model, added_tokens.json), a temporary
+    folder of links to model_dir's files plus those files, so that transformers never sees them."""
+    from .packaged import CONVERTER_VOCAB_DIR
+
+    model_dir = Path(model_dir)
+    vocab = model_dir / CONVERTER_VOCAB_DIR
+    if not vocab.is_dir():
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="convert-") as tmp:
+        view = Path(tmp) / model_dir.name
+        view.mkdir()
+        for item in [*model_dir.iterdir(), *vocab.iterdir()]:
+            if item.name != CONVERTER_VOCAB_DIR and not (view / item.name).exists():
+                (view / item.name).symlink_to(item.resolve())
+        yield view
+
+
 def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None = None, outtype: str = "f16",
                     vocab_only: bool = False, log=print) -> dict:
     """Convert an HF model folder to GGUF with llama.cpp's converter; returns what happened.
@@ -214,7 +235,9 @@ def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None 
         cmd.append("--vocab-only")
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with converter_view(model_dir) as view:
+        cmd[cmd.index(str(model_dir))] = str(view)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     log_path.write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode != 0:

@@ -5,7 +5,7 @@ assembled from the installed package, checked against its size and sha256, loade
 transformers, given this project's chat template for the family, and saved as a safetensors folder under
 artifacts/cache/packaged/. Later runs load that folder directly.
 
-The folder also gets a ``tokenizer.model`` (SentencePiece) rebuilt from the GGUF's own vocabulary
+The folder also gets ``converter_vocab/tokenizer.model`` (SentencePiece) rebuilt from the GGUF's own vocabulary
 (tokens, scores, token types): llama.cpp's converter reads it for Gemma 3, and without it the converter
 takes a GPT-2-style BPE path that does not fit Gemma's tokenizer. ``export`` later proves that the
 round trip kept the vocabulary (tokenization parity with transformers, same tokens as the base GGUF).
@@ -25,7 +25,10 @@ from .io import sha256_file, sha256_text, write_json
 from .paths import cache_dir
 
 PACKAGE_SCHEME = "gguf-package:"
-BUILD_VERSION = 2  # bump when the conversion below changes in a way the fields of PackagedModel don't capture
+# Sub-folder of a model folder holding the SentencePiece files llama.cpp's converter reads. They stay out of
+# the folder itself: transformers would read added_tokens.json as new tokens and append duplicates.
+CONVERTER_VOCAB_DIR = "converter_vocab"
+BUILD_VERSION = 3  # bump when the conversion below changes in a way the fields of PackagedModel don't capture
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_converter_vocabulary(gguf_path, tmp)
+    write_converter_vocabulary(gguf_path, tmp / CONVERTER_VOCAB_DIR)
     write_json(tmp / "packaged.json", {
         "source": f"{PACKAGE_SCHEME}{name}", "gguf": spec.filename, "sha256": spec.sha256, "family": profile.name,
         "terms": spec.terms, "parameters": sum(p.numel() for p in model.parameters()),
@@ -230,6 +233,7 @@ def write_converter_vocabulary(gguf_path: Path, folder: Path) -> dict:
     have in the original file). llama.cpp matches user-defined tokens whole, before BPE, so a wrong type
     would split "\n\n" differently from transformers.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     vocab = gguf_vocabulary(gguf_path)
     written = write_sentencepiece_model(gguf_path, folder / "tokenizer.model", vocab)
     user_defined = {token: i for i, (token, kind) in enumerate(zip(vocab["tokens"], vocab["types"])) if int(kind) == 4}

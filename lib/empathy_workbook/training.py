@@ -300,9 +300,10 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     tokenizer.save_pretrained(str(tmp))
     # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
     # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
-    for name in ("tokenizer.model", "added_tokens.json"):
-        if (Path(base_path) / name).exists() and not (tmp / name).exists():
-            shutil.copy2(Path(base_path) / name, tmp / name)
+    from .packaged import CONVERTER_VOCAB_DIR
+
+    if (Path(base_path) / CONVERTER_VOCAB_DIR).is_dir():
+        shutil.copytree(Path(base_path) / CONVERTER_VOCAB_DIR, tmp / CONVERTER_VOCAB_DIR, dirs_exist_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once
     return out_dir
