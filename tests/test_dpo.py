@@ -60,13 +60,15 @@ def margin_on_training_pairs(trainer) -> float:
 
 
 def test_answers_end_on_the_end_token_and_prompts_match_inference(tiny_path, tokenizer, records):
-    from empathy_workbook.chat import END_TOKEN, render_prompt
+    from empathy_workbook.chat import render_prompt
+    from empathy_workbook.family import family_of
 
     _, val = records
     ds = dpo.preference_dataset(pairs_from(val[:2]), tokenizer)
     assert ds[0]["prompt"] == render_prompt(tokenizer, val[0]["prompt"])
-    assert ds[0]["chosen"] == val[0]["completion"][0]["content"] + END_TOKEN
-    assert ds[0]["rejected"].endswith(END_TOKEN) and ds[0]["rejected"] != ds[0]["chosen"]
+    end = family_of(tokenizer).end_of_turn
+    assert ds[0]["chosen"] == val[0]["completion"][0]["content"] + end
+    assert ds[0]["rejected"].endswith(end) and ds[0]["rejected"] != ds[0]["chosen"]
 
 
 @pytest.mark.slow

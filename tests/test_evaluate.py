@@ -256,3 +256,19 @@ def test_gguf_chat_keeps_the_conversation(tokenizer, tiny_f16_gguf):
     chat.reply("I fell.")
     chat.reply("What now?")
     assert [m["role"] for m in chat.messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_run_description_is_computed_from_the_numbers():
+    import pandas as pd
+
+    from empathy_workbook.tables import describe_run
+
+    categories = pd.DataFrame([{"category": "all suite", "model": "base", "mean": 3.0, "low": 2.5, "high": 3.5, "n": 30},
+                               {"category": "all suite", "model": "sft", "mean": 2.0, "low": 1.5, "high": 2.5, "n": 30}])
+    models = {"base": {"suite_ended_on_eos_rate": 0.1, "perplexity": 20.0},
+              "sft": {"suite_ended_on_eos_rate": 0.9, "perplexity": 25.0}}
+    wins = {"sft_vs_base": {"n": 30, "wins": 4, "ties": 6, "losses": 20}, "dpo_vs_sft": {"n": 0}}
+    text = describe_run(models, wins, categories)
+    assert "base 3.00 [2.50, 3.50] → sft 2.00 [1.50, 2.50]" in text
+    assert "sft scored higher on 4 of 30 prompts, tied on 6, lower on 20" in text
+    assert "SFT did not lower the perplexity" in text and "dpo vs sft" not in text

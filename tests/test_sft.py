@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from empathy_workbook import sft, training
-from empathy_workbook.chat import END_TOKEN, render_prompt
+from empathy_workbook.chat import render_prompt
+from empathy_workbook.family import QWEN3
 from empathy_workbook.config import load_config
 from helpers import sft_trainer
 
@@ -25,7 +26,7 @@ def test_collator_labels_are_exactly_the_answer_and_end_token(tmp_path, tiny_pat
     for record, span, labels, ids in zip(train[:4], sft.trained_spans(batch, tokenizer),
                                          batch["labels"], batch["input_ids"]):
         answer = record["completion"][0]["content"]
-        assert span["trained"] == answer + END_TOKEN  # nothing after <|im_end|>: not even the template's "\n"
+        assert span["trained"] == answer + QWEN3.end_of_turn  # nothing after <|im_end|>: not even the template's "\n"
         assert span["context"] == render_prompt(tokenizer, record["prompt"])  # untrained = the inference prompt
         kept = labels != sft.IGNORE_INDEX
         assert torch.equal(labels[kept], ids[kept])  # labels are the tokens themselves (the shift is the model's)

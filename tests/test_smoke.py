@@ -7,15 +7,15 @@ from empathy_workbook.io import all_finite, read_jsonl
 from empathy_workbook.paths import RunPaths
 from empathy_workbook.runtime import NOTEBOOKS
 
-RUN = "ci-smoke"
+from conftest import TINY_RUN
+
+RUN = TINY_RUN  # the session's forced tiny run (conftest.tiny_summary), shared with the browser tests
 pytestmark = pytest.mark.smoke
 
 
 @pytest.fixture(scope="module")
-def summary():
-    from empathy_workbook.runner import run_pipeline
-
-    return run_pipeline("tiny", RUN, force=True, progress=False)
+def summary(tiny_summary):
+    return tiny_summary
 
 
 @pytest.fixture(scope="module")

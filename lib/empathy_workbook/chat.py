@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 
+from .family import family_of
+
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
-END_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|endoftext|>"
 
 
 def prompt_messages(system_prompt: str, question: str) -> list[dict]:
@@ -33,8 +33,8 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 
 def render_training_text(tokenizer, messages: list[dict], answer: str) -> tuple[str, str]:
     """(prompt, completion) strings for training: the prompt is the inference prompt, the
-    completion is the answer plus the end-of-turn token and nothing else."""
-    return render_prompt(tokenizer, messages), answer + END_TOKEN
+    completion is the answer plus the family's end-of-turn token and nothing else."""
+    return render_prompt(tokenizer, messages), answer + family_of(tokenizer).end_of_turn
 
 
 def strip_think(text: str) -> str:
@@ -122,7 +122,8 @@ def _holds_markers(tokenizer, messages: list[dict], answer: str = "") -> bool:
 def encode_prompt_answer(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
     """(prompt_ids, answer_ids): the inference prompt, then the answer as text plus the end-of-turn token."""
     prompt_ids = encode_messages(tokenizer, messages, add_generation_prompt=True)
-    answer_ids = encode_text(tokenizer, answer) + tokenizer(END_TOKEN, add_special_tokens=False)["input_ids"]
+    end = family_of(tokenizer).end_of_turn
+    answer_ids = encode_text(tokenizer, answer) + tokenizer(end, add_special_tokens=False)["input_ids"]
     return prompt_ids, answer_ids
 
 

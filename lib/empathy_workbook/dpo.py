@@ -5,10 +5,10 @@ running the same network with the adapter switched off, which is exactly the SFT
 choice, checkpoints/resume, the non-finite-loss stop and merge-and-save come from `training`.
 
 Pairs are handed to TRL already tokenized: the prompt exactly as at inference (chat.encode_messages,
-non-thinking) and each answer followed by <|im_end|>, with message text kept as text. DPO then scores
-the same tokens SFT trained: the answer and its end-of-turn token, not the newline the chat template
-writes after it. By default sft/merged is loaded in 16-bit (model_config), so the reference is exactly
-the SFT model.
+non-thinking) and each answer followed by the family's end-of-turn token, with message text kept as text.
+DPO then scores the same tokens SFT trained: the answer and its end-of-turn token, not the newline the
+chat template writes after it. By default sft/merged is loaded in 16-bit (model_config), so the reference
+is exactly the SFT model.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def model_config(model_cfg: ModelConfig, cfg: PhaseConfig) -> ModelConfig:
 
 
 def preference_dataset(pairs: list[dict], tokenizer):
-    """A datasets.Dataset of prompt / chosen / rejected as text (the inference prompt, answers ending in
-    <|im_end|>) and as token ids (chat.encode_prompt_answer: message text stays text), which TRL trains on."""
+    """A datasets.Dataset of prompt / chosen / rejected as text (the inference prompt, answers ending in the
+    family's end-of-turn token) and as token ids (chat.encode_prompt_answer: message text stays text)."""
     from datasets import Dataset
 
     rows = {"prompt": [], "chosen": [], "rejected": [], "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}

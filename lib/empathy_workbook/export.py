@@ -11,7 +11,7 @@ Steps (notebook 04 walks through them in this order):
 4. ``verify_export`` runs every check: the file checks of gguf_checks.py (structure, truncation,
    checksum, K-quants really applied, template round trip, stop tokens, tokenization parity) and the
    behaviour checks of gguf_quality.py (greedy parity, perplexity, KL divergence, top-token agreement,
-   a chat completion that ends on <|im_end|>); ``export_metrics`` and ``checks_passed`` sum them up.
+   a chat completion that ends on the family's end-of-turn token); ``export_metrics`` and ``checks_passed`` sum them up.
 
 Every file is written under a temporary name, validated, then renamed: a crash never leaves a
 half-written ``model-*.gguf`` that a later run would take as finished.
@@ -25,6 +25,7 @@ finished files here, which also makes it an independent second reader of what th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.metadata
 import json
@@ -181,6 +182,27 @@ def check_model_dir(model_dir: Path) -> None:
                                 "save_pretrained(safe_serialization=True) and its tokenizer")
 
 
+@contextlib.contextmanager
+def converter_view(model_dir: Path):
+    """The folder the converter should read: model_dir itself, or, when model_dir carries SentencePiece
+    files for the converter (packaged.CONVERTER_VOCAB_DIR: tokenizer.model, added_tokens.json), a temporary
+    folder of links to model_dir's files plus those files, so that transformers never sees them."""
+    from .packaged import CONVERTER_VOCAB_DIR
+
+    model_dir = Path(model_dir)
+    vocab = model_dir / CONVERTER_VOCAB_DIR
+    if not vocab.is_dir():
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="convert-") as tmp:
+        view = Path(tmp) / model_dir.name
+        view.mkdir()
+        for item in [*model_dir.iterdir(), *vocab.iterdir()]:
+            if item.name != CONVERTER_VOCAB_DIR and not (view / item.name).exists():
+                (view / item.name).symlink_to(item.resolve())
+        yield view
+
+
 def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None = None, outtype: str = "f16",
                     vocab_only: bool = False, log=print) -> dict:
     """Convert an HF model folder to GGUF with llama.cpp's converter; returns what happened.
@@ -203,7 +225,9 @@ def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None 
         cmd.append("--vocab-only")
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with converter_view(model_dir) as view:
+        cmd[cmd.index(str(model_dir))] = str(view)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     log_path.write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode != 0:
@@ -322,7 +346,7 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
         "tokenization_parity": all(r["match"] for r in checks["tokenization"].values()),
         "template_roundtrip": all(checks["templates"].values()),
         "stop_tokens_ok": all(r["ok"] for r in checks["stop_tokens"].values()),
-        "chat_stops_on_im_end": checks["chat"]["stops_on_im_end"],
+        "chat_stops_on_end_of_turn": checks["chat"]["stops_on_end_of_turn"],
         "chat_natural_stop": checks["chat"]["natural_stop"],
         "kquants_applied": all(checks["kquants"][q]["applied"] for q in kquant_formats) if kquant_formats else None,
         "tensor_types": {q: r["tensor_counts"] for q, r in checks["kquants"].items()},
@@ -339,7 +363,7 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
 def checks_passed(metrics: dict) -> dict[str, bool]:
     """The pass/fail checks of an export, by name (all must be True before a file ships)."""
     names = ("greedy_parity", "tokenization_parity", "template_roundtrip", "stop_tokens_ok",
-             "chat_stops_on_im_end", "kquants_applied")
+             "chat_stops_on_end_of_turn", "kquants_applied")
     return {name: bool(metrics.get(name)) for name in names}
 
 

@@ -11,7 +11,7 @@ import functools
 from collections import Counter
 from pathlib import Path
 
-from .chat import END_TOKEN, PAD_TOKEN
+from .family import PROFILES, family_of
 from .io import sha256_file
 from .llamacpp import vocab_model
 
@@ -21,15 +21,16 @@ MAIN_TYPE = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "Q8_0": "Q8_0"}
 LEGACY_FALLBACK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1"}
 UNQUANTIZED_TYPES = {"F32", "F16", "BF16"}
 
-# Texts that stress a byte-level BPE (spaces, newlines, digits, accents, emoji, tags), written for this
-# project; the tokenization check runs them next to the rendered chats.
+# Texts that stress a tokenizer (spaces, newlines, digits, accents, emoji, tags), written for this project;
+# the tokenization check runs them next to the rendered chats. Every family's chat markup is in the list
+# (markup of another family is plain text to a tokenizer, which is a test too).
 EDGE_TEXTS = [
     "I'm 82 and I've fallen twice since March.  Is that normal?",
     "Grab bars: 2 in the bathroom, 1 by the bed...\n\n\tThen what?",
     "Café, naïve, Zürich: ünïcödé — and an emoji 🙂👵🏽!",
     "   leading spaces, trailing spaces   \n",
     "numbers 1234567 3.14159 and 1,000,000",
-    "<|im_start|>user\nliteral chat markup inside text<|im_end|>\n",
+    *[p.turn_start.replace("{role}", "user") + "literal chat markup inside text" + p.end_of_turn + "\n" for p in PROFILES],
     "<think>\n\n</think>\n\n",
 ]
 
@@ -113,23 +114,34 @@ def parameter_count(path: Path) -> int:
 def quant_type_report(path: Path, quant: str) -> dict:
     """Which ggml types hold the weights of a quantized file, and whether the format really applied.
 
-    applied is True when the intended main type (q4_K for Q4_K_M, ...) holds the largest share of
-    quantized weights and no tensor fell back to a legacy type (q5_0, q8_0, ...) in a K-quant file.
+    K-quants work on rows whose length is a multiple of 256; llama.cpp silently stores other rows in a
+    legacy type (q5_0, q8_0, ...). Gemma 3 270M has 640-wide rows in its embeddings and q/k/v/gate/up
+    projections, so there such fallbacks are forced and expected. applied is True when the intended main
+    type (q4_K for Q4_K_M, ...) holds the largest share of the weights whose rows allow K-quants and none
+    of those fell back to a legacy type. forced_fallback_tensors lists the others.
     """
     tensors = gguf_reader(path).tensors
     counts = Counter(t.tensor_type.name for t in tensors)
     quantized = [t for t in tensors if t.tensor_type.name not in UNQUANTIZED_TYPES]
-    elements = Counter()
+    elements, eligible = Counter(), Counter()
     for t in quantized:
         elements[t.tensor_type.name] += int(t.n_elements)
+        if _row_length(t) % 256 == 0:
+            eligible[t.tensor_type.name] += int(t.n_elements)
     total = sum(elements.values()) or 1
     main = MAIN_TYPE[quant]
-    fallbacks = [] if quant == "Q8_0" else sorted(t.name for t in quantized
-                                                   if t.tensor_type.name in LEGACY_FALLBACK_TYPES)
-    top = elements.most_common(1)[0][0] if elements else None
+    legacy = [] if quant == "Q8_0" else [t for t in quantized if t.tensor_type.name in LEGACY_FALLBACK_TYPES]
+    fallbacks = sorted(t.name for t in legacy if _row_length(t) % 256 == 0)
+    forced = sorted(t.name for t in legacy if _row_length(t) % 256)
+    top = eligible.most_common(1)[0][0] if eligible else None
     return {"tensor_counts": dict(counts), "weight_share": {k: round(v / total, 4) for k, v in elements.items()},
             "main_type": main, "main_share": round(elements[main] / total, 4), "fallback_tensors": fallbacks,
-            "applied": bool(quantized) and top == main and not fallbacks}
+            "forced_fallback_tensors": forced, "applied": bool(eligible) and top == main and not fallbacks}
+
+
+def _row_length(tensor) -> int:
+    """Length of one row (ggml's ne[0], the first entry of the gguf reader's shape)."""
+    return int(tensor.shape[0])
 
 
 def template_roundtrip(path: Path, tokenizer) -> bool:
@@ -142,13 +154,15 @@ def template_roundtrip(path: Path, tokenizer) -> bool:
 def stop_token_report(path: Path, tokenizer) -> dict:
     """End-of-turn handling in the file: metadata ids and the stop set llama.cpp derives at load time.
 
-    ok: eos = <|im_end|>, pad = <|endoftext|>, both are end-of-generation tokens for llama.cpp (what
-    llama.rn stops on), and the token strings at those ids are the expected ones.
+    ok: eos is the family's end-of-turn token (<|im_end|>, <end_of_turn>) and an end-of-generation token for
+    llama.cpp (what llama.rn stops on), pad is the family's pad token, and the token strings at those ids are
+    the expected ones. is_end_of_generation also reports the family's other stop words.
     """
     import llama_cpp
 
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
-    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    profile = family_of(tokenizer)
+    end_id = tokenizer.convert_tokens_to_ids(profile.end_of_turn)
+    pad_id = tokenizer.convert_tokens_to_ids(profile.pad)
     reader = gguf_reader(path)
     meta = {k: reader.fields[k].contents() for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
                                                       "tokenizer.ggml.eot_token_id", "tokenizer.ggml.bos_token_id")
@@ -157,12 +171,14 @@ def stop_token_report(path: Path, tokenizer) -> dict:
     strings = {i: tokens.contents(i) for i in (end_id, pad_id)}
     llm = vocab_model(path)
     vocab = llm._model.vocab
-    eog = {name: bool(llama_cpp.llama_vocab_is_eog(vocab, i)) for name, i in ((END_TOKEN, end_id), (PAD_TOKEN, pad_id))}
+    eog = {name: bool(llama_cpp.llama_vocab_is_eog(vocab, tokenizer.convert_tokens_to_ids(name)))
+           for name in profile.stop_words}
     runtime = {"eos": llama_cpp.llama_vocab_eos(vocab), "eot": llama_cpp.llama_vocab_eot(vocab),
                "pad": llama_cpp.llama_vocab_pad(vocab)}
     ok = (meta.get("tokenizer.ggml.eos_token_id") == end_id and meta.get("tokenizer.ggml.padding_token_id") == pad_id
-          and all(eog.values()) and strings[end_id] == END_TOKEN and strings[pad_id] == PAD_TOKEN)
-    return {"ok": ok, "im_end_id": end_id, "endoftext_id": pad_id, "metadata": meta, "is_end_of_generation": eog,
+          and eog[profile.end_of_turn] and strings[end_id] == profile.end_of_turn and strings[pad_id] == profile.pad)
+    return {"ok": ok, "end_of_turn": profile.end_of_turn, "end_of_turn_id": end_id, "pad_id": pad_id, "metadata": meta,
+            "is_end_of_generation": eog,
             "runtime_ids": runtime}
 
 

@@ -3,7 +3,7 @@
 - ``quality_report``: perplexity of each file on held-out answers and each quant's KL divergence from
   F16 (the numbers ``llama-perplexity --kl-divergence`` prints);
 - ``greedy_parity``: transformers and llama.cpp choose the same greedy tokens;
-- ``chat_stop_check``: a llama-cpp-python chat completion with the embedded template ends on <|im_end|>.
+- ``chat_stop_check``: a llama-cpp-python chat completion with the embedded template ends on the end-of-turn token.
 """
 
 from __future__ import annotations
@@ -11,15 +11,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .chat import END_TOKEN, PAD_TOKEN, has_think_leak, one_per_question, render_prompt, tokenize_prompt_completion
+from .chat import has_think_leak, one_per_question, render_prompt, tokenize_prompt_completion
+from .family import family_of, family_of_template
 from .gguf_checks import GGUFError, gguf_metadata
 from .io import read_jsonl
 from .llamacpp import gguf_scores, open_llama
 from .logprobs import scored_positions, token_nll, token_statistics
 
 # Qwen's advice for non-thinking chat, repeated in the llama.rn section of the notebook.
-PHONE_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
-STOP_WORDS = [END_TOKEN, PAD_TOKEN]
+
+
+def phone_sampling(tokenizer) -> dict:
+    """The family's published chat sampling advice (Qwen3: T 0.7, top-p 0.8, top-k 20; Gemma 3: T 1.0, 0.95, 64)."""
+    return dict(family_of(tokenizer).sampling)
+
+
+def stop_words(tokenizer) -> list[str]:
+    """What a llama.rn client passes as `stop` for this model (the family's end-of-turn token first)."""
+    return family_of(tokenizer).stop_words
 
 
 def load_val_records(path: Path) -> list[dict]:
@@ -44,8 +53,8 @@ def scoring_examples(records: list[dict], tokenizer, max_texts: int) -> list[dic
     """Token ids of rendered validation chats and the mask of the answer tokens that get scored.
 
     The text is exactly the training text (chat.tokenize_prompt_completion): prompt rendered with the
-    chat template in non-thinking mode, then the answer and <|im_end|>. Only answer tokens and the
-    closing <|im_end|> are scored, never the system prompt or the question.
+    chat template in non-thinking mode, then the answer and the end-of-turn token. Only answer tokens and the
+    closing end-of-turn token are scored, never the system prompt or the question.
     """
     examples = []
     for record in records[:max_texts]:
@@ -212,7 +221,8 @@ def chat_formatter(path: Path, enable_thinking: bool | None = False):
                 kwargs.setdefault("enable_thinking", enable_thinking)
             return super().__call__(**kwargs)
 
-    return TemplateFormatter(template, eos_token=END_TOKEN, bos_token="")
+    profile = family_of_template(template)  # Gemma's template writes bos_token itself; Qwen's has none
+    return TemplateFormatter(template, eos_token=profile.end_of_turn, bos_token=profile.bos)
 
 
 def chat_model(path: Path, n_ctx: int = 1024, n_threads: int = 0, seed: int = 1234):
@@ -238,14 +248,14 @@ def chat_answers(path: Path, conversations: list[list[dict]], sampling, n_thread
 
 def chat_stop_check(path: Path, tokenizer, messages: list[dict], max_tokens: int = 64, force_after: int = 6,
                     n_threads: int = 0, seed: int = 1234) -> dict:
-    """Does a llama-cpp-python chat completion with the embedded template end on <|im_end|>?
+    """Does a llama-cpp-python chat completion with the embedded template end on the end-of-turn token?
 
     1. Prompt: the default formatter (no enable_thinking) and ours (enable_thinking=False) are
        compared with the training prompt (chat.render_prompt).
-    2. Forced run: a logits processor makes <|im_end|> the only choice after force_after tokens; the
+    2. Forced run: a logits processor makes the end-of-turn token the only choice after force_after tokens; the
        completion must stop right there, finish_reason "stop", no end marker in the text. This proves
        the file's and the chat API's stop handling for exactly that token, whatever the model has learned.
-    3. Natural run: Qwen's sampling within max_tokens; natural_stop says whether the model ended its
+    3. Natural run: the family's advised sampling within max_tokens; natural_stop says whether the model ended its
        answer by itself (an untrained model may not; notebook 05 measures this on many prompts).
     """
     import numpy as np
@@ -255,8 +265,9 @@ def chat_stop_check(path: Path, tokenizer, messages: list[dict], max_tokens: int
     default_prompt = chat_formatter(path, enable_thinking=None)(messages=messages).prompt
     ours = chat_formatter(path, enable_thinking=False)(messages=messages).prompt
     llm = chat_model(path, n_threads=n_threads, seed=seed)
-    sampling = dict(PHONE_SAMPLING, max_tokens=max_tokens, seed=seed)
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    sampling = dict(phone_sampling(tokenizer), max_tokens=max_tokens, seed=seed)
+    end_token = family_of(tokenizer).end_of_turn
+    end_id = tokenizer.convert_tokens_to_ids(end_token)
     calls = {"n": 0}
 
     def force_end(input_ids, scores):
@@ -276,9 +287,9 @@ def chat_stop_check(path: Path, tokenizer, messages: list[dict], max_tokens: int
         "formatter_prompt_matches_training": prompt_ok,
         "forced_finish_reason": f_choice["finish_reason"],
         "forced_tokens": forced["usage"]["completion_tokens"],
-        "stops_on_im_end": bool(prompt_ok and f_choice["finish_reason"] == "stop"
-                                and forced["usage"]["completion_tokens"] == force_after
-                                and END_TOKEN not in f_choice["message"]["content"]),
+        "stops_on_end_of_turn": bool(prompt_ok and f_choice["finish_reason"] == "stop"
+                                     and forced["usage"]["completion_tokens"] == force_after
+                                     and end_token not in f_choice["message"]["content"]),
         "natural_finish_reason": n_choice["finish_reason"],
         "natural_stop": n_choice["finish_reason"] == "stop",
         "natural_tokens": natural["usage"]["completion_tokens"],

