@@ -4,8 +4,8 @@ Guaranteed: the same prompts, seed and batch_size give the same answers, whateve
 come in (they are sorted by length before batching; here all lengths differ). Not guaranteed: the
 answer to one prompt when its companions change (other prompts, another batch_size): each batch draws
 from one generator seeded by seed + batch number, so a row's random numbers depend on its batch and
-its row in it. That is also true of continuous batching, which shares one generator across all
-requests (bench/README.md, "generation").
+its row in it. That is also true of transformers' continuous batching, which samples all scheduled
+rows from one generator per step (bench/README.md, "Generation").
 """
 
 import pytest
