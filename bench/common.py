@@ -417,10 +417,14 @@ class Row:
         return asdict(self)
 
 
-def cli(description: str) -> argparse.ArgumentParser:
+def cli(description: str, shape: str | None = "qwen3-0.6b") -> argparse.ArgumentParser:
+    """The options every benchmark takes; with shape, also --shape (a SHAPES key) and --layers."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json-out", type=Path, help="write the rows here (run_all.py sets it)")
     parser.add_argument("--cpu-small", action="store_true", help="CPU-sized variant (few steps, short sequences)")
+    if shape is not None:
+        parser.add_argument("--shape", default=shape, choices=sorted(SHAPES), help="published configuration")
+        parser.add_argument("--layers", type=int, help="decoder layers (default: the published count)")
     return parser
 
 
