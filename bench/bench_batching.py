@@ -28,8 +28,6 @@ def parse_args(argv=None):
     from common import cli
 
     parser = cli(__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-0.6b")
-    parser.add_argument("--layers", type=int)
     parser.add_argument("--batch", type=int, help="rows per step (default 4 CPU = the design doc, 16 CUDA)")
     parser.add_argument("--max-length", type=int, help="token cap per row (default: the tiny preset's 256 on CPU, 1024 CUDA)")
     parser.add_argument("--repeats", type=int, help="steps per variant (default 2 CPU, 10 CUDA)")

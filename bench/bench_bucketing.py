@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def parse_args(argv=None):
     from common import cli
 
-    parser = cli(__doc__.splitlines()[0])
+    parser = cli(__doc__.splitlines()[0], shape=None)
     parser.add_argument("--model", choices=["tiny", "qwen3-0.6b"], default="tiny")
     parser.add_argument("--prompts", type=int, default=120, help="prompts sampled (tiny preset: 120)")
     parser.add_argument("--batch", type=int, help="default: the preset's preferences.sampling.batch_size")

@@ -30,8 +30,6 @@ def parse_args(argv=None):
     from common import cli
 
     parser = cli(__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-0.6b")
-    parser.add_argument("--layers", type=int)
     parser.add_argument("--dtype", help="fp32 / bf16 / fp16 (default: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--batch", type=int, help="pairs per step (default 1 on CPU, 8 on CUDA)")
     parser.add_argument("--prompt-len", type=int, help="synthetic prompt tokens (default 64 CPU, 128 CUDA)")

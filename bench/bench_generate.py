@@ -23,8 +23,6 @@ def parse_args(argv=None):
     from common import cli
 
     parser = cli(__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-0.6b")
-    parser.add_argument("--layers", type=int)
     parser.add_argument("--dtype", help="default fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32)")
     parser.add_argument("--new-tokens", type=int, help="max_new_tokens (default 16 CPU, 320 CUDA = the preset)")

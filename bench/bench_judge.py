@@ -45,9 +45,7 @@ def real_judge_prompt_tokens(tokenizer) -> int | None:
 def parse_args(argv=None):
     from common import cli
 
-    parser = cli(__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-4b")
-    parser.add_argument("--layers", type=int, help="run one layer count in this process")
+    parser = cli(__doc__.splitlines()[0], shape="qwen3-4b")
     parser.add_argument("--layers-list", help="layer counts, each in a subprocess (default: 2,4 on CPU, 36 on CUDA)")
     parser.add_argument("--dtype", help="default fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--batch", type=int, help="responses scored together (default 2 CPU, 8 CUDA = JudgeConfig)")

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     from common import Row, cli, emit, qwen_tokenizer
     from empathy_workbook.chat import render_prompt, tokenize_prompt_completion
 
-    parser = cli(__doc__.splitlines()[0])
+    parser = cli(__doc__.splitlines()[0], shape=None)
     parser.add_argument("--preset", default="tiny",
                         help="whose data and max_length (qwen3-0.6b: the Amod data set, where it is reachable)")
     args = parser.parse_args(argv)

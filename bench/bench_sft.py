@@ -34,8 +34,6 @@ def parse_args(argv=None):
     from common import cli
 
     parser = cli(__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-0.6b")
-    parser.add_argument("--layers", type=int, help="decoder layers (default: the published count)")
     parser.add_argument("--path", choices=["auto", "project", "trl", "unsloth"], default="auto",
                         help="auto = project when lib/empathy_workbook/sft.py exists, else trl")
     parser.add_argument("--dtype", help="fp32 / bf16 / fp16 (default: the backend's; fp32 on CPU)")

