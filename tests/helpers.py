@@ -1,6 +1,11 @@
 """Builders the test modules share (pytest puts tests/ on sys.path, so `from helpers import ...` works)."""
 
+from pathlib import Path
+
 from empathy_workbook import sft, training
+from empathy_workbook.chat import END_TOKEN, PAD_TOKEN
+from empathy_workbook.gguf_checks import gguf_reader
+from empathy_workbook.tiny import QWEN2_SPLIT
 
 
 def sft_trainer(cfg, tiny_path, tokenizer, train_records, out_dir, eval_records=None):
@@ -12,3 +17,50 @@ def sft_trainer(cfg, tiny_path, tokenizer, train_records, out_dir, eval_records=
     args.disable_tqdm = True
     return sft.build_trainer(model, tokenizer, train_ds, args, eval_ds, peft_config,
                              training.standard_callbacks(cfg.sft.train, eval_ds is not None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Qwen's real tokenizer, rebuilt from llama.cpp's vocabulary test file (no model hub needed)
+# ---------------------------------------------------------------------------------------------
+
+# Qwen3's added tokens after its 151,643 byte-level BPE tokens (ids 151643-151668, in order), and
+# whether Qwen marks them special (skipped when decoding). The <think> markers are ordinary added tokens.
+QWEN3_ADDED_TOKENS = [
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
+    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
+    ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
+    ("<think>", False), ("</think>", False),
+]
+
+
+def reference_qwen3_tokenizer(converter_dir: Path, chat_template: str | None = None):
+    """Qwen3's tokenizer rebuilt from models/ggml-vocab-qwen2.gguf (shipped with llama.cpp's sources).
+
+    That file holds Qwen2's 151,643 BPE tokens and merges, which Qwen3 uses unchanged; the split
+    regex is Qwen2's; Qwen3's added tokens follow. check_reference_tokenizer compares it with the
+    expected ids llama.cpp ships for its own tokenizer tests.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+
+    reader = gguf_reader(Path(converter_dir) / "models" / "ggml-vocab-qwen2.gguf")
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(m.split(" ", 1)) for m in reader.fields["tokenizer.ggml.merges"].contents()]
+    vocab = {tok: i for i, (tok, kind) in enumerate(zip(tokens, types)) if kind == 1}  # 1 = normal token
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, byte_fallback=False, ignore_merges=False))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in QWEN3_ADDED_TOKENS])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_TOKEN, pad_token=PAD_TOKEN,
+                                      model_max_length=40960, clean_up_tokenization_spaces=False)
+    if chat_template is not None:
+        wrapped.chat_template = chat_template
+    return wrapped

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from empathy_workbook import evaluate as ev
+from empathy_workbook import suite_checks, tables, ui
 from empathy_workbook.config import SamplingConfig
 
 # ---------------------------------------------------------------- keyword checks
@@ -43,40 +44,40 @@ DOES_NOT_DECLINE = [
 
 @pytest.mark.parametrize("text", URGES)
 def test_urges_medical_attention_positive(text):
-    assert ev.urges_medical_attention(text)
+    assert suite_checks.urges_medical_attention(text)
 
 
 @pytest.mark.parametrize("text", DOES_NOT_URGE)
 def test_urges_medical_attention_negative(text):
-    assert not ev.urges_medical_attention(text)
+    assert not suite_checks.urges_medical_attention(text)
 
 
 @pytest.mark.parametrize("text", DECLINES)
 def test_declines_positive(text):
-    assert ev.declines_diagnosis_or_prescription(text), ev.oversteps(text)
+    assert suite_checks.declines_diagnosis_or_prescription(text), suite_checks.oversteps(text)
 
 
 @pytest.mark.parametrize("text", DOES_NOT_DECLINE)
 def test_declines_negative(text):
-    assert not ev.declines_diagnosis_or_prescription(text)
+    assert not suite_checks.declines_diagnosis_or_prescription(text)
 
 
 def test_negated_medication_advice_is_not_an_overstep():
-    assert ev.oversteps("Please don't stop taking your medication on your own.") == []
-    assert ev.oversteps("Stop taking your medication tonight.") == ["Stop taking your medication"]
+    assert suite_checks.oversteps("Please don't stop taking your medication on your own.") == []
+    assert suite_checks.oversteps("Stop taking your medication tonight.") == ["Stop taking your medication"]
 
 
 def test_distinct_2_detects_loops():
-    assert ev.distinct_2("I hear you and I am here for you today") == 1.0
-    assert ev.distinct_2("you are safe you are safe you are safe you are safe") < 0.5
-    assert ev.distinct_2("okay") == 1.0
+    assert suite_checks.distinct_2("I hear you and I am here for you today") == 1.0
+    assert suite_checks.distinct_2("you are safe you are safe you are safe you are safe") < 0.5
+    assert suite_checks.distinct_2("okay") == 1.0
 
 
 def test_answer_checks_apply_suite_checks_only_where_expected():
-    checks = ev.answer_checks("<think>hmm</think> Please see a doctor.", ["urge_medical_attention"], False, 3)
+    checks = suite_checks.answer_checks("<think>hmm</think> Please see a doctor.", ["urge_medical_attention"], False, 3)
     assert checks["think_leak"] and not checks["ended_on_eos"] and not checks["within_budget"]
     assert checks["urges_medical"] is True and checks["declines"] is None
-    assert ev.answer_checks("Fine.", ["empathetic"], True, 150)["urges_medical"] is None
+    assert suite_checks.answer_checks("Fine.", ["empathetic"], True, 150)["urges_medical"] is None
 
 
 # ---------------------------------------------------------------- suite and validation prompts
@@ -114,7 +115,7 @@ def test_shipped_suite_is_valid():
     from empathy_workbook.config import data_path, load_config
 
     prompts = ev.load_suite(data_path(load_config("tiny").eval.suite), "sys")
-    assert len(prompts) == 30 and {p.category for p in prompts} == set(ev.CATEGORIES)
+    assert len(prompts) == 30 and {p.category for p in prompts} == set(suite_checks.CATEGORIES)
     expecting = {e for p in prompts for e in p.expectations}
     assert {"urge_medical_attention", "decline_diagnosis_or_prescription"} <= expecting
 
@@ -139,9 +140,9 @@ def fake_table():
     rows = []
     for model, values in scores.items():
         for i, score in enumerate(values):
-            suite = ev.VALIDATION if i < 2 else "fall_risk_suite"
+            suite = suite_checks.VALIDATION if i < 2 else "fall_risk_suite"
             rows.append({"model": model, "prompt_id": f"p{i}", "suite": suite,
-                         "category": ev.VALIDATION if i < 2 else "safety_critical", "question": f"q{i}",
+                         "category": suite_checks.VALIDATION if i < 2 else "safety_critical", "question": f"q{i}",
                          "answer": f"{model} answer {i}", "score": score, "parse_failed": score is None,
                          "words": 3, "within_budget": True, "distinct_2": 1.0, "think_leak": False,
                          "ended_on_eos": i != 1, "urges_medical": (model != "base") if i >= 2 else None,
@@ -150,7 +151,7 @@ def fake_table():
 
 
 def test_win_rates_count_wins_ties_losses_on_scored_prompts():
-    rates = ev.win_rates(fake_table())
+    rates = tables.win_rates(fake_table())
     assert rates["dpo_vs_sft"] == {"n": 4, "wins": 2, "ties": 2, "losses": 0, "win_rate": 0.5,
                                    "tie_rate": 0.5, "loss_rate": 0.0}
     assert rates["sft_vs_base"]["n"] == 3  # the parse failure is left out, not counted as a loss
@@ -158,26 +159,26 @@ def test_win_rates_count_wins_ties_losses_on_scored_prompts():
 
 
 def test_bootstrap_ci_brackets_the_mean_and_handles_edge_cases():
-    mean, low, high = ev.bootstrap_ci([1, 2, 3, 4, 5, 6, 7, 8], samples=500)
+    mean, low, high = tables.bootstrap_ci([1, 2, 3, 4, 5, 6, 7, 8], samples=500)
     assert low < mean < high and mean == 4.5
-    assert ev.bootstrap_ci([5.0]) == (5.0, 5.0, 5.0)
-    assert ev.bootstrap_ci([None, float("nan")]) == (None, None, None)
+    assert tables.bootstrap_ci([5.0]) == (5.0, 5.0, 5.0)
+    assert tables.bootstrap_ci([None, float("nan")]) == (None, None, None)
 
 
 def test_category_scores_and_model_summary():
     table = fake_table()
-    cats = ev.category_scores(table, samples=200)
+    cats = tables.category_scores(table, samples=200)
     dpo_safety = cats[(cats.category == "safety_critical") & (cats.model == "dpo")].iloc[0]
     assert dpo_safety["mean"] == 7.0 and dpo_safety["n"] == 2
-    assert set(ev.score_pivot(cats).columns) == {"base", "sft", "dpo"}
-    summary = ev.model_summary(table, {"sft": 12.5, "dpo": float("nan")})
+    assert set(tables.score_pivot(cats).columns) == {"base", "sft", "dpo"}
+    summary = tables.model_summary(table, {"sft": 12.5, "dpo": float("nan")})
     assert summary["base"]["judge_parse_failures"] == 1 and summary["base"]["safety_pass_rate"] == 0.0
     assert summary["sft"]["safety_pass_rate"] == 1.0 and summary["sft"]["ended_on_eos_rate"] == 0.75
     assert summary["sft"]["perplexity"] == 12.5 and summary["dpo"]["perplexity"] is None
 
 
 def test_side_by_side_puts_models_next_to_each_other():
-    frame = ev.side_by_side(fake_table())
+    frame = tables.side_by_side(fake_table())
     assert list(frame["prompt_id"]) == ["p0", "p1", "p2", "p3"]
     assert frame.loc[2, "dpo answer"] == "dpo answer 2" and frame.loc[2, "sft score"] == 6
 
@@ -250,7 +251,7 @@ def test_gguf_answers_are_seeded_and_perplexity_matches_transformers(tiny_path, 
 
 @pytest.mark.slow
 def test_gguf_chat_keeps_the_conversation(tokenizer, tiny_f16_gguf):
-    chat = ev.GGUFChat(tiny_f16_gguf, tokenizer, "Be kind.", SamplingConfig(max_new_tokens=8))
+    chat = ui.GGUFChat(tiny_f16_gguf, tokenizer, "Be kind.", SamplingConfig(max_new_tokens=8))
     chat.reply("I fell.")
     chat.reply("What now?")
     assert [m["role"] for m in chat.messages] == ["system", "user", "assistant", "user", "assistant"]

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from empathy_workbook import export
+from empathy_workbook import export, gguf_checks
 from empathy_workbook.config import ConfigError, load_config
 from empathy_workbook.gguf_convert import is_qwen2_pre_tokenizer, pre_tokenizer_spec
+from empathy_workbook.io import sha256_file
+from helpers import reference_qwen3_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,13 +43,13 @@ def test_qwen2_split_is_recognised_field_for_field(tokenizer):
 def test_garbage_is_not_taken_for_a_gguf(tmp_path, content, message):
     path = tmp_path / "model-q4_k_m.gguf"
     path.write_bytes(content)
-    with pytest.raises(export.GGUFError, match=message):
-        export.verify_gguf_file(path)
+    with pytest.raises(gguf_checks.GGUFError, match=message):
+        gguf_checks.verify_gguf_file(path)
 
 
 def test_missing_file_has_a_clear_error(tmp_path):
-    with pytest.raises(export.GGUFError, match="no such file"):
-        export.verify_gguf_file(tmp_path / "model-f16.gguf")
+    with pytest.raises(gguf_checks.GGUFError, match="no such file"):
+        gguf_checks.verify_gguf_file(tmp_path / "model-f16.gguf")
 
 
 def test_export_config_rejects_bad_quant_lists():
@@ -119,29 +121,29 @@ def test_chat_prompt_from_the_file_is_the_training_prompt(tiny_export):
 def test_truncated_or_corrupted_gguf_is_detected(tiny_export, tmp_path):
     source = tiny_export["files"]["Q4_K_M"]
     data = source.read_bytes()
-    summary = export.verify_gguf_file(source, expected_sha256=export.sha256_file(source))
+    summary = gguf_checks.verify_gguf_file(source, expected_sha256=sha256_file(source))
     assert summary["tensors"] > 0
 
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(export.GGUFError, match="truncated"):
-        export.verify_gguf_file(truncated)
+    with pytest.raises(gguf_checks.GGUFError, match="truncated"):
+        gguf_checks.verify_gguf_file(truncated)
 
     header_only = tmp_path / "header_only.gguf"
     header_only.write_bytes(data[:200])
-    with pytest.raises(export.GGUFError, match="truncated|cannot be read"):
-        export.verify_gguf_file(header_only)
+    with pytest.raises(gguf_checks.GGUFError, match="truncated|cannot be read"):
+        gguf_checks.verify_gguf_file(header_only)
 
     scrambled = tmp_path / "scrambled.gguf"
     scrambled.write_bytes(data[:8] + b"\xff" * 64 + data[72:])
-    with pytest.raises(export.GGUFError, match="cannot be read|truncated"):
-        export.verify_gguf_file(scrambled)
+    with pytest.raises(gguf_checks.GGUFError, match="cannot be read|truncated"):
+        gguf_checks.verify_gguf_file(scrambled)
 
     flipped = tmp_path / "flipped.gguf"
     flipped.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
-    export.verify_gguf_file(flipped)  # structure intact: only the checksum can tell
-    with pytest.raises(export.GGUFError, match="sha256"):
-        export.verify_gguf_file(flipped, expected_sha256=export.sha256_file(source))
+    gguf_checks.verify_gguf_file(flipped)  # structure intact: only the checksum can tell
+    with pytest.raises(gguf_checks.GGUFError, match="sha256"):
+        gguf_checks.verify_gguf_file(flipped, expected_sha256=sha256_file(source))
 
 
 @pytest.mark.slow
@@ -154,7 +156,7 @@ def test_failed_quantization_leaves_no_file(tiny_export, tmp_path, monkeypatch):
 
     monkeypatch.setattr(llama_cpp, "llama_model_quantize", crash_halfway)
     target = tmp_path / "model-q4_k_m.gguf"
-    with pytest.raises(export.GGUFError, match="returned 1"):
+    with pytest.raises(gguf_checks.GGUFError, match="returned 1"):
         export.quantize_gguf(tiny_export["files"]["F16"], target, "Q4_K_M")
     assert not target.exists()
     assert not list(tmp_path.glob(".*partial"))
@@ -173,7 +175,7 @@ def test_kquant_fallback_is_reported(tmp_path, tokenizer, converter_dir):
     Qwen3ForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     result = export.export_all(model_dir, tmp_path / "out", ["Q4_K_M"], converter_dir, log=lambda *_: None)
-    report = export.quant_type_report(result["files"]["Q4_K_M"], "Q4_K_M")
+    report = gguf_checks.quant_type_report(result["files"]["Q4_K_M"], "Q4_K_M")
     assert not report["applied"]
     assert report["fallback_tensors"]
 
@@ -183,8 +185,8 @@ def test_real_qwen3_tokenizer_needs_no_fallback(tmp_path, converter_dir):
     """Qwen's own vocabulary (rebuilt from llama.cpp's test file) is recognised by the converter as is."""
     from transformers import Qwen3Config
 
-    reference = export.reference_qwen3_tokenizer(converter_dir)
-    assert export.check_reference_tokenizer(reference, converter_dir)["ok"]
+    reference = reference_qwen3_tokenizer(converter_dir)
+    assert gguf_checks.check_reference_tokenizer(reference, converter_dir)["ok"]
     folder = tmp_path / "qwen3-vocab"
     reference.save_pretrained(folder)
     Qwen3Config(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=1,

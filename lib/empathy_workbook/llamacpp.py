@@ -1,0 +1,75 @@
+"""llama.cpp through llama-cpp-python: the one place that opens GGUF files for inference.
+
+Export checks, the evaluation, the chat box and the llama_cpp judge all load models here, so thread
+count, context size and log level are chosen the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+
+def threads(n_threads: int) -> int:
+    """n_threads when set, else every core (llama.cpp's own default is fewer)."""
+    return n_threads if n_threads > 0 else (os.cpu_count() or 1)
+
+
+def quiet() -> None:
+    """llama.cpp logs every tensor while quantizing or loading; keep errors only."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def open_llama(path: Path, n_ctx: int, n_threads: int, logits_all: bool = False, **kwargs):
+    """A quiet llama_cpp.Llama over a GGUF file with n_ctx positions (batch up to 512)."""
+    import llama_cpp
+
+    quiet()
+    count = threads(n_threads)
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=count,
+                           n_threads_batch=count, logits_all=logits_all, verbose=False, **kwargs)
+
+
+def vocab_model(path: Path):
+    """A llama.cpp model with its vocabulary only (fast; for tokenizer and stop-token checks)."""
+    import llama_cpp
+
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    quiet()
+    with suppress_stdout_stderr(disable=False):  # a vocab-only load warns about a context it never uses
+        return llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+
+def gguf_context_length(path: Path) -> int:
+    """The context length the model was trained with, read from the file's metadata."""
+    vocab = vocab_model(path)
+    try:
+        return int(vocab.metadata.get(f"{vocab.metadata.get('general.architecture', 'qwen3')}.context_length", 2048))
+    finally:
+        vocab.close()
+
+
+def load_gguf(path: Path, n_ctx: int | None = None, n_threads: int = 0, seed: int = 1234, logits_all: bool = False):
+    """A llama_cpp.Llama for the exported file (quiet; n_ctx None = up to 2048 within the trained length)."""
+    n_ctx = min(n_ctx or 2048, gguf_context_length(path))
+    return open_llama(path, n_ctx, n_threads, logits_all=logits_all, seed=seed)
+
+
+def gguf_complete(llm, prompt_text: str, sampling, seed: int, max_tokens: int | None = None) -> dict:
+    """One answer from llama.cpp for an already rendered prompt, with the same sampling knobs as transformers."""
+    ids = llm.tokenize(prompt_text.encode("utf-8"), add_bos=False, special=True)
+    greedy = sampling.temperature == 0
+    out = llm.create_completion(
+        ids, max_tokens=max_tokens or sampling.max_new_tokens, temperature=sampling.temperature,
+        top_p=1.0 if greedy else sampling.top_p, top_k=sampling.top_k, min_p=0.0,  # llama.cpp adds min-p 0.05 by default
+        repeat_penalty=sampling.repetition_penalty, seed=seed)
+    choice = out["choices"][0]
+    return {"text": choice["text"].strip(), "ended_on_eos": choice["finish_reason"] == "stop",
+            "new_tokens": out["usage"]["completion_tokens"]}
+
+
+def context_size(tokens: int) -> int:
+    """A context window that fits `tokens`, rounded up to a multiple of 256 (at least 512)."""
+    return max(512, int(math.ceil((tokens + 8) / 256) * 256))

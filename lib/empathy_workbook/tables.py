@@ -1,0 +1,171 @@
+"""Answers and judge scores → the tables of notebook 05 and metrics.json: scores per category with
+bootstrap intervals, win rates, pass rates of the automatic checks, answers side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .suite_checks import CATEGORIES, VALIDATION
+
+MODEL_ORDER = ("base", "sft", "dpo", "gguf")
+
+
+def results_table(answers: list[dict], scores: list[dict]):
+    """Answers joined with their scores: one row per (model, prompt), the long table every summary starts from."""
+    import pandas as pd
+
+    frame = pd.DataFrame(answers)
+    score_frame = pd.DataFrame(scores)[["model", "prompt_id", "overall", "parse_failed"]].rename(
+        columns={"overall": "score"})
+    return frame.merge(score_frame, on=["model", "prompt_id"], how="left", validate="one_to_one")
+
+
+def bootstrap_ci(values, confidence: float = 0.95, samples: int = 2000, seed: int = 0) -> tuple:
+    """(mean, low, high): percentile bootstrap of the mean; (None, None, None) without values."""
+    import numpy as np
+
+    values = np.asarray([v for v in values if v is not None and not is_nan(v)], dtype=float)
+    if values.size == 0:
+        return None, None, None
+    mean = float(values.mean())
+    if values.size == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return mean, float(low), float(high)
+
+
+def is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def models_in(table) -> list[str]:
+    """Models present in the table, base → sft → dpo → gguf first."""
+    present = list(dict.fromkeys(table["model"]))
+    return [m for m in MODEL_ORDER if m in present] + [m for m in present if m not in MODEL_ORDER]
+
+
+def category_scores(table, confidence: float = 0.95, samples: int = 2000, seed: int = 0):
+    """Judge score per category and model: mean, CI low/high, n (scored answers); 'all suite' too."""
+    import pandas as pd
+
+    rows = []
+    suite = table[table["suite"] != VALIDATION]
+    groups = [(c, table[table["category"] == c]) for c in (VALIDATION, *CATEGORIES)]
+    groups.append(("all suite", suite))
+    for category, part in groups:
+        for model in models_in(table):
+            scores = part.loc[part["model"] == model, "score"].dropna().tolist()
+            if not scores and part[part["model"] == model].empty:
+                continue
+            mean, low, high = bootstrap_ci(scores, confidence, samples, seed)
+            rows.append({"category": category, "model": model, "mean": mean, "low": low, "high": high,
+                         "n": len(scores)})
+    return pd.DataFrame(rows)
+
+
+def win_rate(table, model: str, other: str) -> dict:
+    """Per prompt, does `model` score higher than `other`? Shares of wins, ties and losses (scored pairs only)."""
+    wide = table.pivot(index="prompt_id", columns="model", values="score")
+    if model not in wide or other not in wide:
+        return {"n": 0, "wins": 0, "ties": 0, "losses": 0, "win_rate": None, "tie_rate": None, "loss_rate": None}
+    both = wide[[model, other]].dropna()
+    n = len(both)
+    wins, ties = int((both[model] > both[other]).sum()), int((both[model] == both[other]).sum())
+    losses = n - wins - ties
+    rate = (lambda k: round(k / n, 4) if n else None)
+    return {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": rate(wins), "tie_rate": rate(ties),
+            "loss_rate": rate(losses)}
+
+
+WIN_PAIRS = (("dpo", "sft"), ("sft", "base"), ("dpo", "base"), ("gguf", "dpo"))
+
+
+def win_rates(table) -> dict:
+    """Win rates of each model over the one before it (and of the phone file over its source)."""
+    return {f"{a}_vs_{b}": win_rate(table, a, b) for a, b in WIN_PAIRS}
+
+
+def _rate(values) -> float | None:
+    values = [bool(v) for v in values if v is not None and not is_nan(v)]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def model_summary(table, perplexities: dict) -> dict:
+    """metrics.json's per-model block: judge mean, perplexity, suite pass rates, generation hygiene."""
+    summary = {}
+    for model in models_in(table):
+        part = table[table["model"] == model]
+        scores = part["score"].dropna()
+        ppl = perplexities.get(model)
+        summary[model] = {
+            "judge_mean": round(float(scores.mean()), 4) if len(scores) else None,
+            "judge_parse_failures": int(part["parse_failed"].fillna(False).astype(bool).sum()),
+            "perplexity": round(ppl, 4) if ppl is not None and math.isfinite(ppl) else None,
+            "safety_pass_rate": _rate(part["urges_medical"].tolist()),
+            "boundary_pass_rate": _rate(part["declines"].tolist()),
+            "think_leaks": int(part["think_leak"].sum()),
+            "ended_on_eos_rate": _rate(part["ended_on_eos"].tolist()),
+            "within_budget_rate": _rate(part["within_budget"].tolist()),
+            "mean_words": round(float(part["words"].mean()), 2),
+            "distinct_2": round(float(part["distinct_2"].mean()), 4),
+            "answers": int(len(part)),
+            "suite_answers": int((part["suite"] != VALIDATION).sum()),
+            "suite_scored": int(part.loc[part["suite"] != VALIDATION, "score"].notna().sum()),
+        }
+    return summary
+
+
+def checks_table(table):
+    """Per model: pass rates of the automatic checks (the suite checks only where the prompt expects them)."""
+    import pandas as pd
+
+    rows = []
+    for model in models_in(table):
+        part = table[table["model"] == model]
+        rows.append({"model": model,
+                     "safety: urges medical attention": _rate(part["urges_medical"].tolist()),
+                     "boundary: declines to diagnose/prescribe": _rate(part["declines"].tolist()),
+                     "ended on end token": _rate(part["ended_on_eos"].tolist()),
+                     "within word budget": _rate(part["within_budget"].tolist()),
+                     "think leaks": int(part["think_leak"].sum()),
+                     "mean words": round(float(part["words"].mean()), 1),
+                     "distinct-2": round(float(part["distinct_2"].mean()), 3)})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def side_by_side(table):
+    """One row per prompt: the question, then each model's answer and score next to each other."""
+    wide = table.pivot(index="prompt_id", columns="model", values=["answer", "score"])
+    info = table.drop_duplicates("prompt_id").set_index("prompt_id")[["suite", "category", "question"]]
+    columns = {}
+    for model in models_in(table):
+        columns[f"{model} answer"] = wide[("answer", model)]
+        columns[f"{model} score"] = wide[("score", model)]
+    import pandas as pd
+
+    out = info.join(pd.DataFrame(columns))
+    order = list(dict.fromkeys(table["prompt_id"]))
+    return out.loc[order].reset_index()
+
+
+def score_pivot(categories, value: str = "mean"):
+    """category × model table of one column of category_scores (for plots.plot_grouped_bars)."""
+    pivot = categories.pivot(index="category", columns="model", values=value)
+    rows = [c for c in (VALIDATION, *CATEGORIES, "all suite") if c in pivot.index]
+    cols = [m for m in MODEL_ORDER if m in pivot.columns] + [m for m in pivot.columns if m not in MODEL_ORDER]
+    return pivot.loc[rows, cols]
+
+
+def error_half_widths(categories):
+    """Half the width of each confidence interval, for symmetric error bars (the table has the exact bounds)."""
+    frame = categories.assign(half=(categories["high"] - categories["low"]) / 2)
+    return score_pivot(frame, "half")
+
+
+def to_json_rows(frame) -> list[dict]:
+    """DataFrame rows as plain JSON values (NaN → None)."""
+    return json.loads(frame.to_json(orient="records", force_ascii=False))
