@@ -510,7 +510,7 @@ def test_probe_summary_and_table_for_the_rubric(tmp_path):
     good = "That sounds really frightening, and it makes sense to feel that way. You could ask your doctor " \
            "about a balance class, and a night light may help."
     pairs = [(q, good, "Falls happen."), (q, good + " Take care.", "ok"), (q, good, good[:40])]
-    summary, rows = judge_probe.probe_judge(judge, judge.cfg, [q], pairs, gap=2.0, cache_dir=tmp_path)
+    summary, rows = judge_probe.probe_judge(judge, [q], pairs, gap=2.0)
     assert summary["master_key_floor_rate"] == 1.0 and summary["scoring"] == "rubric"
     assert summary["stability"]["within_1_point"] == 1.0  # the rubric scores criteria independently
     assert summary["equal_length"]["pairs"] == 3

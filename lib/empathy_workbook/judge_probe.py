@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 
-from .judges import CRITERIA, SCORE_MIN, get_judge
+from .judges import CRITERIA, SCORE_MIN
 
 # At most this far above the floor still counts as "at the floor": a probability judge's expectation is
 # never exactly 1, and half a point is below the resolution any gap filter uses.
@@ -104,13 +104,10 @@ def equal_length_retention(judge, pairs: list[tuple[str, str, str]], gap: float,
             "retention_change": None if as_scored is None or equal is None else round(equal - as_scored, 4)}
 
 
-def stability(judge_cfg, questions: list[str], answers: list[str], cache_dir=None, first_results=None,
-              progress: bool = False, **judge_kwargs) -> dict:
+def stability(judge, questions: list[str], answers: list[str], first_results=None, progress: bool = False) -> dict:
     """Agreement between the judge and the same judge with the criteria in reverse order, on a sample."""
-    first = first_results or get_judge(judge_cfg, cache_dir=cache_dir, **judge_kwargs).score(
-        questions, answers, progress=progress)
-    reordered = get_judge(judge_cfg, cache_dir=cache_dir, order=tuple(reversed(CRITERIA)), **judge_kwargs)
-    second = reordered.score(questions, answers, progress=progress)
+    first = first_results or judge.score(questions, answers, progress=progress)
+    second = judge.reordered(tuple(reversed(CRITERIA))).score(questions, answers, progress=progress)
     diffs = [abs(a.overall - b.overall) for a, b in zip(first, second)
              if a.overall is not None and b.overall is not None]
     return {"answers": len(answers), "compared": len(diffs),
@@ -119,8 +116,8 @@ def stability(judge_cfg, questions: list[str], answers: list[str], cache_dir=Non
             "mean_abs_diff": round(sum(diffs) / len(diffs), 4) if diffs else None}
 
 
-def probe_judge(judge, judge_cfg, questions: list[str], pairs: list[tuple[str, str, str]], gap: float,
-                cache_dir=None, stability_sample: int = 16, progress: bool = False, **judge_kwargs) -> tuple[dict, list]:
+def probe_judge(judge, questions: list[str], pairs: list[tuple[str, str, str]], gap: float,
+                stability_sample: int = 16, progress: bool = False) -> tuple[dict, list]:
     """(summary, master-key rows) of one judge: floor rate, length bias, equal-length retention, stability.
 
     questions: the master keys' questions; pairs: (question, chosen, rejected) samples from the phase.
@@ -130,8 +127,8 @@ def probe_judge(judge, judge_cfg, questions: list[str], pairs: list[tuple[str, s
     qs = [q for q, _, _ in pairs] * 2
     scored = judge.score(qs, answers, progress=progress)
     sample = list(range(0, len(answers), max(1, len(answers) // max(1, stability_sample))))[:stability_sample]
-    stable = stability(judge_cfg, [qs[i] for i in sample], [answers[i] for i in sample], cache_dir,
-                       [scored[i] for i in sample], progress, **judge_kwargs)
+    stable = stability(judge, [qs[i] for i in sample], [answers[i] for i in sample], [scored[i] for i in sample],
+                       progress)
     summary = {
         "judge": judge.name, "scoring": judge.scoring,
         "master_key_floor_rate": floor_rate(rows),

@@ -28,6 +28,7 @@ What every backend shares (and why)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -243,9 +244,23 @@ class Judge:
         # requested, cache_hits, backend_calls, retries, parse_failures, and for LLM judges
         # forward_passes (summed over answers: the sequential passes each answer waited for) and answers_run
         self.stats: Counter = Counter()
-        folder = Path(cache_dir) if cache_dir else _cache_dir("judge")
+        self._cache_folder = (Path(cache_dir) if cache_dir else _cache_dir("judge")) if use_cache else None
+        self.cache = self._new_cache()
+
+    def _new_cache(self) -> ScoreCache:
+        if self._cache_folder is None:
+            return ScoreCache(None)
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-")[:60]
-        self.cache = ScoreCache(folder / f"{slug}-{sha256_text(self.identity)[:12]}.jsonl" if use_cache else None)
+        return ScoreCache(self._cache_folder / f"{slug}-{sha256_text(self.identity)[:12]}.jsonl")
+
+    def reordered(self, order: tuple) -> "Judge":
+        """The same judge asking for the criteria in another order; it shares this judge's loaded model
+        (no second copy in memory) but has its own identity, cache and stats."""
+        judge_system(tuple(order))
+        other = copy.copy(self)
+        other.order, other.stats = tuple(order), Counter()
+        other.cache = other._new_cache()
+        return other
 
     @property
     def identity(self) -> str:
