@@ -432,14 +432,23 @@ def test_probability_scores_on_the_tiny_model_are_finite_and_on_the_scale(tiny_p
 
 
 def test_both_layouts_read_the_same_probabilities(tiny_prob_judges):
-    prompts = ["My mother keeps falling.", "I feel so alone since the fall."]
-    answers = ["I'm sorry, that sounds hard. Ask her doctor about a balance class.", "You are not alone."]
-    a = tiny_prob_judges["one_prompt"].score(prompts, answers, progress=False)
-    b = tiny_prob_judges["prefix_cache"].score(prompts, answers, progress=False)
-    for x, y in zip(a, b):
-        for name in CRITERIA:
-            assert x.criteria[name] == pytest.approx(y.criteria[name], abs=1e-3)
-    assert tiny_prob_judges["prefix_cache"].forward_passes_per_answer() == 2.0
+    """Same token layout in, same distributions out (the prompts carry a random delimiter, so the items
+    are built once and fed to both)."""
+    import torch
+
+    judge = tiny_prob_judges["one_prompt"]
+    model, _ = judge._load()
+    items = [judge.branches("My mother keeps falling.", "I'm sorry, that sounds hard. Ask her doctor about a class."),
+             judge.branches("I feel so alone since the fall.", "You are not alone.")]
+    a_first, a_after = jp.one_prompt_logits(model, items, torch.device("cpu"))
+    b_first, b_after = jp.prefix_cache_logits(model, items, torch.device("cpu"))
+    for i in range(len(items)):
+        for b in range(len(CRITERIA)):
+            assert torch.allclose(a_first[i][b], b_first[i][b], atol=1e-5)
+            assert torch.allclose(a_after[i][b], b_after[i][b], atol=1e-5)
+    prefix = tiny_prob_judges["prefix_cache"]
+    prefix.score(["My mother keeps falling."], ["Ask her doctor."], progress=False)
+    assert prefix.forward_passes_per_answer() == 2.0
 
 
 def test_tree_mask_matches_scoring_each_branch_alone(tiny_prob_judges):
