@@ -530,3 +530,14 @@ def test_probe_summary_and_table_for_the_rubric(tmp_path):
 def test_length_correlation_and_equal_length_cut():
     assert judge_probe.length_score_correlation(["a", "a b", "a b c", "x"], [1, 2, 3, None]) == pytest.approx(1.0)
     assert judge_probe.cut_words("one two  three", 2) == "one two"
+
+
+def test_llama_cpp_probability_scores_are_finite_and_reuse_the_prefix(tiny_gguf, tmp_path):
+    cfg = JudgeConfig(backend="llama_cpp", model=str(tiny_gguf), scoring="probability", n_ctx=1024)
+    judge = get_judge(cfg, cache_dir=tmp_path, progress=False, n_threads=1)
+    results = judge.score(["I fell last week and now I'm scared to walk."] * 3, PROBE_ANSWERS[:3], progress=False)
+    for r in results:
+        assert not r.parse_failed and all(1.0 <= v <= 10.0 for v in r.criteria.values())
+        assert r.overall == pytest.approx(sum(r.criteria.values()) / 5, abs=1e-3)
+    # per answer: one decode for the (rest of the) prefix, one per criterion branch
+    assert judge.forward_passes_per_answer() == 6.0
