@@ -541,3 +541,17 @@ def test_llama_cpp_probability_scores_are_finite_and_reuse_the_prefix(tiny_gguf,
         assert r.overall == pytest.approx(sum(r.criteria.values()) / 5, abs=1e-3)
     # per answer: one decode for the (rest of the) prefix, one per criterion branch
     assert judge.forward_passes_per_answer() == 6.0
+
+
+def test_compare_judges_reports_each_retention_and_their_overlap():
+    from empathy_workbook import preferences as prefs
+
+    def rows(judge, pairs):
+        return [{"judge": judge, "gap": None if c is None else c - r, "chosen_overall": c, "rejected_overall": r}
+                for c, r in pairs]
+    main = rows("a", [(8, 3), (6, 5), (9, 2), (None, 4)])
+    second = rows("b", [(7, 4), (7, 2), (5, 5), (6, 6)])
+    out = prefs.compare_judges(main, second, gap=2)
+    assert out["judges"]["judge"] == {"name": "a", "scored": 3, "kept": 2, "retention": round(2 / 3, 4)}
+    assert out["judges"]["second_judge"]["kept"] == 2 and out["both_keep"] == 1
+    assert out["overall_correlation"] is not None
