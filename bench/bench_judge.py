@@ -215,12 +215,15 @@ def main(argv=None) -> None:
         device = "cuda" if common.cuda_available() else "cpu"
         rows = scoring_rows(args.answers, args.batch or (32 if device == "cuda" else 4), device,
                             tuple(args.judges.split(",")))
-        print(common.markdown_table(rows))
         out = args.json_out or common.results_path(common.device_info(), f"-judge-scoring-{args.judges.replace(',', '+')}")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"rows": rows, "meta": {**common.device_info(),
                                                           "load_average": __import__("os").getloadavg()}},
                                   indent=2) + "\n")
+        keys = list(rows[0]) if rows else []
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
         print(f"wrote {out}")
         return
 
