@@ -528,7 +528,8 @@ def test_probe_summary_and_table_for_the_rubric(tmp_path):
 
 
 def test_length_correlation_and_equal_length_cut():
-    assert judge_probe.length_score_correlation(["a", "a b", "a b c", "x"], [1, 2, 3, None]) == pytest.approx(1.0)
+    assert judge_probe.length_score_correlation(["a", "a b", "a b c", "x", "y"], [1, 2, 3, None, float("nan")]) \
+        == pytest.approx(1.0)  # unscored answers (None from the judge, NaN from a table) are left out
     assert judge_probe.cut_words("one two  three", 2) == "one two"
 
 

@@ -69,7 +69,7 @@ def _pearson(xs: list[float], ys: list[float]) -> float | None:
 
 def length_score_correlation(answers: list[str], overall: list[float | None]) -> float | None:
     """Pearson correlation of overall score with answer length in words (answers with a score only)."""
-    pairs = [(len(a.split()), s) for a, s in zip(answers, overall) if s is not None]
+    pairs = [(len(a.split()), s) for a, s in zip(answers, overall) if s is not None and s == s]  # s == s: not NaN
     corr = _pearson([float(n) for n, _ in pairs], [float(s) for _, s in pairs])
     return None if corr is None else round(corr, 4)
 
