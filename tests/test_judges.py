@@ -556,3 +556,14 @@ def test_compare_judges_reports_each_retention_and_their_overlap():
     assert out["judges"]["judge"] == {"name": "a", "scored": 3, "kept": 2, "retention": round(2 / 3, 4)}
     assert out["judges"]["second_judge"]["kept"] == 2 and out["both_keep"] == 1
     assert out["overall_correlation"] is not None
+
+
+def test_reordered_judge_shares_the_loaded_model_but_not_the_cache(tiny_prob_judges):
+    judge = tiny_prob_judges["one_prompt"]
+    judge._load()
+    other = judge.reordered(tuple(reversed(CRITERIA)))
+    assert other._model is judge._model  # no second copy of a 4B judge in memory
+    assert other.identity != judge.identity and other.cache.path != judge.cache.path
+    assert "safety" in judges.judge_messages("q", "a", order=other.order)[0]["content"].split("- ")[1]
+    with pytest.raises(ValueError, match="permutation"):
+        judge.reordered(("safety",))
