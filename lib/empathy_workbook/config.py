@@ -182,7 +182,7 @@ class JudgeConfig:
                          "failures); the rubric ignores it", "json")
     probability_layout: str = _help("probability scoring: 'one_prompt' (one sequence carrying the five score "
                                     "positions, branches masked apart) or 'prefix_cache' (one prompt per criterion "
-                                    "over a cached shared prefix); bench/bench_judge.py measures both",
+                                    "over a cached shared prefix); bench/bench_judge.py measures both (one_prompt: half the sequential passes)",
                                     "one_prompt")
     n_gpu_layers: int = _help("llama_cpp: layers offloaded to the GPU (-1 = all; only used when CUDA is present)", -1)
 

@@ -22,13 +22,14 @@ def quiet() -> None:
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 
-def open_llama(path: Path, n_ctx: int, n_threads: int, logits_all: bool = False, **kwargs):
-    """A quiet llama_cpp.Llama over a GGUF file with n_ctx positions (batch up to 512)."""
+def open_llama(path: Path, n_ctx: int, n_threads: int, logits_all: bool = False, n_batch: int | None = None,
+               **kwargs):
+    """A quiet llama_cpp.Llama over a GGUF file with n_ctx positions (prompt batch n_batch, default up to 512)."""
     import llama_cpp
 
     quiet()
     count = threads(n_threads)
-    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=count,
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_batch or min(n_ctx, 512), n_threads=count,
                            n_threads_batch=count, logits_all=logits_all, verbose=False, **kwargs)
 
 

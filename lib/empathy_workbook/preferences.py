@@ -213,6 +213,32 @@ def score_candidates(judge, candidates: list[dict], progress: bool = True) -> li
     return rows
 
 
+def compare_judges(main: list[dict], second: list[dict], gap: float) -> dict:
+    """The main and the second judge on the same candidates: each one's retention at the gap, how many
+    pairs both would keep, and the correlation of their overall scores (rows from score_candidates)."""
+    from .judge_probe import _pearson
+
+    def keeps(row):
+        return row["gap"] is not None and row["gap"] >= gap
+
+    out = {"judges": {}}
+    for label, rows in (("judge", main), ("second_judge", second)):
+        scored = [r for r in rows if r["gap"] is not None]
+        out["judges"][label] = {"name": rows[0]["judge"] if rows else None, "scored": len(scored),
+                                "kept": sum(map(keeps, rows)),
+                                "retention": round(sum(map(keeps, rows)) / len(scored), 4) if scored else None}
+    out["both_keep"] = sum(keeps(a) and keeps(b) for a, b in zip(main, second))
+    xs, ys = [], []
+    for a, b in zip(main, second):
+        for side in ("chosen", "rejected"):
+            if a[f"{side}_overall"] is not None and b[f"{side}_overall"] is not None:
+                xs.append(a[f"{side}_overall"])
+                ys.append(b[f"{side}_overall"])
+    corr = _pearson(xs, ys)
+    out["overall_correlation"] = None if corr is None else round(corr, 4)
+    return out
+
+
 @dataclass
 class FilterReport:
     """What the gap filter did. Retention = kept / scored, where scored pairs have both scores."""
