@@ -69,6 +69,7 @@ def wait_until(check, timeout: float, what: str, every: float = 0.5):
 def workspace(tiny_run, tmp_path_factory):
     """A server root holding notebook 05 with run_name and interactive set, on a fresh copy of the run."""
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     from empathy_workbook.guide import fork_run
@@ -76,7 +77,8 @@ def workspace(tiny_run, tmp_path_factory):
     paths = fork_run(tiny_run.root.name, RUN, through="export")
     shutil.rmtree(paths.root / "eval", ignore_errors=True)
     root = tmp_path_factory.mktemp("lab")
-    nb = parameterize_notebook(nbformat.read(NOTEBOOKS_DIR / "05_evaluate.ipynb", as_version=4),
+    # papermill's loader gives every cell the metadata.tags list its parameterizer expects
+    nb = parameterize_notebook(load_notebook_node(str(NOTEBOOKS_DIR / "05_evaluate.ipynb")),
                                {"run_name": RUN, "interactive": True})
     nbformat.write(nb, root / "05_evaluate.ipynb")
     return root, paths
