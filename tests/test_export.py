@@ -106,9 +106,13 @@ def passing_metrics(deploy="model-q4_k_m.gguf"):
 
 
 def test_failed_export_check_writes_metrics_then_stops_and_is_never_reused(tmp_path):
-    from empathy_workbook.io import read_json
+    from empathy_workbook.io import read_json, write_metrics
+    from empathy_workbook.paths import RunPaths
     from empathy_workbook.runtime import start_phase
 
+    root = RunPaths.for_run("verdict", tmp_path).root
+    for phase in ("data", "sft", "preferences", "dpo"):  # finished upstream phases (start_phase checks them)
+        write_metrics(root / phase, {}, f"upstream-{phase}")
     ctx = start_phase("export", "tiny", "verdict", artifacts=tmp_path)
     with pytest.raises(export.ExportFailed, match="greedy_parity"):
         export.finish_export(ctx, {**passing_metrics(), "greedy_parity": False})
