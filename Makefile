@@ -26,7 +26,7 @@ gemma: $(STAMP)
 
 ## Unit tests, then the papermill smoke run of every notebook.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 ## Unit tests only (no notebook execution).
 test-fast: $(STAMP)
