@@ -487,7 +487,9 @@ def test_llama_cpp_judge_offloads_all_layers_only_when_cuda_is_there(tmp_path):
             mock.patch("empathy_workbook.models.cuda_available", return_value=True):
         assert judge.gpu_layers() == -1
         with mock.patch.object(llama_cpp, "Llama") as fake:
-            fake.return_value.metadata = {"tokenizer.chat_template": "{{ messages }}"}
+            # a template of a known family (the judge reads its stop words from the template)
+            fake.return_value.metadata = {"tokenizer.chat_template":
+                                          "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"}
             judge._load()
         assert fake.call_args.kwargs["n_gpu_layers"] == -1
     with mock.patch("empathy_workbook.models.cuda_available", return_value=False):

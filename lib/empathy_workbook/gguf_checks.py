@@ -117,8 +117,10 @@ def quant_type_report(path: Path, quant: str) -> dict:
     K-quants work on rows whose length is a multiple of 256; llama.cpp silently stores other rows in a
     legacy type (q5_0, q8_0, ...). Gemma 3 270M has 640-wide rows in its embeddings and q/k/v/gate/up
     projections, so there such fallbacks are forced and expected. applied is True when the intended main
-    type (q4_K for Q4_K_M, ...) holds the largest share of the weights whose rows allow K-quants and none
-    of those fell back to a legacy type. forced_fallback_tensors lists the others.
+    type (q4_K for Q4_K_M, ...) holds the largest share of the transformer blocks' weights whose rows allow
+    K-quants, and none of those fell back to a legacy type. The token embedding (and an untied output
+    matrix) is left out of the share on purpose: Q4_K_M keeps it in q6_K by design, and in a model with few
+    layers and a 152k vocabulary it outweighs every block. forced_fallback_tensors lists the others.
     """
     tensors = gguf_reader(path).tensors
     counts = Counter(t.tensor_type.name for t in tensors)
@@ -126,7 +128,7 @@ def quant_type_report(path: Path, quant: str) -> dict:
     elements, eligible = Counter(), Counter()
     for t in quantized:
         elements[t.tensor_type.name] += int(t.n_elements)
-        if _row_length(t) % 256 == 0:
+        if _row_length(t) % 256 == 0 and t.name.startswith("blk."):
             eligible[t.tensor_type.name] += int(t.n_elements)
     total = sum(elements.values()) or 1
     main = MAIN_TYPE[quant]
