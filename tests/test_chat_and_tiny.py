@@ -9,7 +9,12 @@ from empathy_workbook.chat import (mark_trained_tokens, prompt_messages, render_
 from empathy_workbook.family import GEMMA3, QWEN3, family_of
 from empathy_workbook.tiny import TinyRecipe, build_model, build_tokenizer, corpus_paths, corpus_texts
 
-# Qwen3's non-thinking rendering of a two-turn chat, written out from its documented format.
+# One two-turn chat with a system prompt, rendered below in each family's format.
+TWO_TURN_CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "I fell."},
+                 {"role": "assistant", "content": "Call a doctor."}]
+
+# Qwen3's non-thinking rendering of that chat, written out from its documented format.
 EXPECTED = (
     "<|im_start|>system\nBe kind.<|im_end|>\n"
     "<|im_start|>user\nHi<|im_end|>\n"
@@ -20,10 +25,7 @@ EXPECTED = (
 
 
 def test_template_renders_qwen3_non_thinking_format(tokenizer):
-    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "I fell."},
-                {"role": "assistant", "content": "Call a doctor."}]
-    assert tokenizer.apply_chat_template(messages, tokenize=False) == EXPECTED
+    assert tokenizer.apply_chat_template(TWO_TURN_CHAT, tokenize=False) == EXPECTED
 
 
 def test_generation_prompt_ends_with_empty_think_block(tokenizer):
@@ -75,10 +77,7 @@ EXPECTED_GEMMA = (
 
 
 def test_gemma_template_renders_gemma3_turns(gemma_tokenizer):
-    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "I fell."},
-                {"role": "assistant", "content": "Call a doctor."}]
-    assert gemma_tokenizer.apply_chat_template(messages, tokenize=False) == EXPECTED_GEMMA
+    assert gemma_tokenizer.apply_chat_template(TWO_TURN_CHAT, tokenize=False) == EXPECTED_GEMMA
     prompt = render_prompt(gemma_tokenizer, prompt_messages("", "I fell."))
     assert prompt == "<bos><start_of_turn>user\nI fell.<end_of_turn>\n<start_of_turn>model\n"
 
