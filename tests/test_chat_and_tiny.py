@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from empathy_workbook.chat import (mark_trained_tokens, prompt_messages, render_prompt, strip_think,
-                                   tokenize_prompt_completion)
+from empathy_workbook.chat import (encode_messages, encode_text, mark_trained_tokens, prompt_messages, render_prompt,
+                                   strip_think, tokenize_prompt_completion)
 from empathy_workbook.family import GEMMA3, QWEN3, family_of
 from empathy_workbook.tiny import TinyRecipe, build_model, build_tokenizer, corpus_paths, corpus_texts
 
@@ -56,6 +56,15 @@ def test_completion_mask_is_the_answer_plus_end_token(chat_tokenizer):
     assert encoded["completion_mask"][0] == 0 and sum(encoded["completion_mask"]) == len(trained)
     assert f"⟦Please call your doctor today.{end}⟧" in mark_trained_tokens(
         chat_tokenizer, encoded["input_ids"], encoded["completion_mask"])
+
+
+def test_whitespace_in_message_text_tokenizes_as_plain_text(chat_tokenizer):
+    # Gemma's added tokens include runs of newlines and tabs: they cannot end a turn, so they stay whole
+    question, answer = "I fell.\n\nWhat now?", "I'm sorry.\n\nYou could:\n\t\t- ask your doctor  about a class."
+    messages = prompt_messages("Be kind.", question)
+    plain = chat_tokenizer(render_prompt(chat_tokenizer, messages), add_special_tokens=False)["input_ids"]
+    assert encode_messages(chat_tokenizer, messages) == plain
+    assert encode_text(chat_tokenizer, answer) == chat_tokenizer(answer, add_special_tokens=False)["input_ids"]
 
 
 def test_family_is_read_from_the_tokenizer(chat_tokenizer):

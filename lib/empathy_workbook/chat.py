@@ -58,9 +58,13 @@ _SLOT = "\u2063slot{}\u2063"  # invisible separator around an index: cannot occu
 
 
 def added_token_strings(tokenizer) -> list[str]:
-    """The strings the tokenizer would turn into added (control or marker) tokens, longest first."""
+    """The strings the tokenizer would turn into added (control or marker) tokens, longest first.
+
+    Whitespace-only added tokens (Gemma's runs of newlines, tabs and spaces) are left out: they cannot end a
+    turn or open one, and splitting them would tokenize a paragraph break differently from plain text.
+    """
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    return sorted({t.content for t in decoder.values() if t.content}, key=len, reverse=True)
+    return sorted({t.content for t in decoder.values() if t.content.strip()}, key=len, reverse=True)
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
