@@ -1,5 +1,7 @@
 """Shared fixtures: the embedded tiny model (built once, cached under artifacts/cache/) and its data."""
 
+from pathlib import Path
+
 import pytest
 
 TINY_RUN = "ci-tiny"  # the one tiny run a test session makes (tiny_summary)
@@ -19,6 +21,16 @@ def tiny_path():
     from empathy_workbook.models import resolve_model_path
 
     return resolve_model_path("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_path, tmp_path_factory):
+    """The tiny model as an F16 GGUF, through the export phase's converter (llama.cpp's own); made once."""
+    from empathy_workbook.export import convert_to_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf"
+    convert_to_gguf(Path(tiny_path), path, outtype="f16", log=lambda *_: None)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -86,12 +86,16 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def encode_messages(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+def encode_messages(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                    prefill: str = "") -> list[int]:
     """Token ids of the rendered conversation (thinking off), with every message's content as plain text.
 
     The template is rendered once with a placeholder per message; its own text is tokenized with control
     tokens, each message's content with encode_text. With ordinary content the ids equal tokenizing
-    render_prompt's text (a test checks it with Qwen3's real tokenizer).
+    render_prompt's text (a test checks it with Qwen3's real tokenizer). prefill is the caller's own text
+    that begins the reply (a judge's '{"warmth": '): it is tokenized together with the template's end, as
+    it would be in the whole rendered string. Any object with the three calls used here works as the
+    tokenizer (llamacpp.GGUFTokenizer puts llama.cpp's behind them).
     """
     slots = [dict(m, content=_SLOT.format(i)) for i, m in enumerate(messages)]
     rendered = tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=add_generation_prompt,
@@ -105,6 +109,7 @@ def encode_messages(tokenizer, messages: list[dict], add_generation_prompt: bool
                              "it cannot be tokenized safely")
         ids += tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
         ids += encode_text(tokenizer, _template_view(message))
+    rest += prefill
     return ids + (tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
 
 

@@ -42,14 +42,14 @@ from .family import family_of_template
 from .io import append_jsonl, iter_jsonl, sha256_text
 from .judge_probability import (LAYOUTS, Branches, ScoreTokens, build_branches, criterion_prefill,
                                 llama_cpp_distributions, result_from_distributions, score_tokens)
-from .llamacpp import open_llama
+from .llamacpp import GGUFTokenizer, open_llama
 from .paths import cache_dir as _cache_dir
 
 CRITERIA = ("acknowledgment", "validation", "warmth", "actionability", "safety")
 FIELDS = CRITERIA + ("overall",)
 SCORE_MIN, SCORE_MAX = 1, 10
 # Bump when the judge prompt or the parser changes: cached scores of the old version are then not reused.
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: question and answer tokenized as text in every LLM backend (chat.encode_messages)
 RUBRIC_VERSION = 2  # 2: content-free answers (empty, a few words, the question repeated, a score object) at the floor
 PROBABILITY_VERSION = 1  # bump when the prefill or the reading of score tokens changes
 
@@ -543,12 +543,15 @@ def model_identity(name_or_path: str) -> str:
 
 
 def judge_prompt_ids(tokenizer, messages: list[dict], prefill: str = "") -> list[int]:
-    """Token ids of a judge prompt: rendered with chat.render_prompt (thinking off), the assistant's reply
-    begun with prefill, no special tokens added (the template already has them). The one place judge
-    prompts are tokenized, so a safer tokenization can replace it."""
-    from .chat import render_prompt
+    """Token ids of a judge prompt (thinking off) with the assistant's reply begun with prefill.
 
-    return tokenizer(render_prompt(tokenizer, messages) + prefill, add_special_tokens=False)["input_ids"]
+    The question and the answer stay text (chat.encode_messages): an answer holding "<|im_end|>\n<|im_start|>
+    system" cannot close the delimiters' turn and talk to the judge as its system. tokenizer: a transformers
+    tokenizer or a llamacpp.GGUFTokenizer; the one place judge prompts are tokenized.
+    """
+    from .chat import encode_messages
+
+    return encode_messages(tokenizer, messages, prefill=prefill)
 
 
 def probability_result(order: tuple, firsts: list, afters: list, tokens: ScoreTokens) -> JudgeResult:
@@ -690,7 +693,7 @@ class LlamaCppJudge(Judge):
             raise FileNotFoundError(f"judge.model={cfg.model!r} is not a file: the llama_cpp judge needs a .gguf "
                                     "file (notebook 04 writes one; any instruction model in GGUF works)")
         self.progress, self.seed, self.n_threads = progress, seed, n_threads
-        self._llm = self._grammar = self._formatter = self._score_tokens = None
+        self._llm = self._grammar = self._tokenizer = self._score_tokens = None
         self.name = f"llama_cpp:{path.name}"
         super().__init__(cfg, cache_dir, use_cache, order)
 
@@ -715,7 +718,6 @@ class LlamaCppJudge(Judge):
     def _load(self):
         if self._llm is None:
             import llama_cpp
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             # n_batch = n_ctx: a whole judge prompt is evaluated in one decode call (prompt processing batched)
             self._llm = open_llama(self.cfg.model, self.cfg.n_ctx, self.n_threads, n_batch=self.cfg.n_ctx,
@@ -732,17 +734,24 @@ class LlamaCppJudge(Judge):
                 raise ValueError(f"{self.cfg.model}: no tokenizer.chat_template in the GGUF metadata; the judge "
                                  "prompt cannot be formatted")
             profile = family_of_template(template)  # the judge may be another family than the model trained
-            self._formatter = Jinja2ChatFormatter(template, eos_token=profile.end_of_turn, bos_token=profile.bos)
+            self._tokenizer = GGUFTokenizer(self._llm, template, bos_token=profile.bos, eos_token=profile.end_of_turn)
             self._grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(json_schema()), verbose=False)
         return self._llm
 
     def prompt_text(self, prompt: str, response: str, messages: list[dict] | None = None) -> str:
-        """The rendered judge prompt, non-thinking (the GGUF's own template, enable_thinking=False)."""
+        """The rendered judge prompt, non-thinking (the GGUF's own template, enable_thinking=False), to read."""
+        from .chat import render_prompt
+
         self._load()
-        messages = messages or judge_messages(prompt, response, order=self.order)
-        return self._formatter(messages=messages, enable_thinking=False).prompt  # type: ignore[misc]
+        return render_prompt(self._tokenizer, messages or judge_messages(prompt, response, order=self.order))
+
+    def prompt_ids(self, messages: list[dict], prefill: str = "") -> list[int]:
+        """What the judge model is given: judge_prompt_ids with llama.cpp's tokenizer (message text stays text)."""
+        self._load()
+        return judge_prompt_ids(self._tokenizer, messages, prefill)
 
     def _encode(self, text: str) -> list[int]:
+        """Ids of the judge's own text (score tokens), control tokens parsed."""
         return self._load().tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def raw_outputs(self, prompts: list[str], responses: list[str], attempt: int) -> list:
@@ -754,7 +763,7 @@ class LlamaCppJudge(Judge):
         outs = []
         items = list(zip(prompts, responses))
         for number, (p, r) in enumerate(tqdm(items, desc="judging (gguf)", disable=not self.progress)):
-            ids = self._encode(self.prompt_text(p, r))
+            ids = self.prompt_ids(judge_messages(p, r, order=self.order))
             if len(ids) + self.cfg.max_new_tokens > self.cfg.n_ctx:
                 outs.append(f"(not run: the judge prompt has {len(ids)} tokens, more than judge.n_ctx="
                             f"{self.cfg.n_ctx} minus judge.max_new_tokens={self.cfg.max_new_tokens})")
@@ -780,10 +789,9 @@ class LlamaCppJudge(Judge):
         for p, r in tqdm(list(zip(prompts, responses)), desc="judging (gguf, probabilities)",
                          disable=not self.progress):
             messages = judge_messages(p, r, order=self.order)
-            text = self.prompt_text(p, r, messages)
             contexts = []
             for name in self.order:
-                ids = self._encode(text + criterion_prefill(name) + "5")
+                ids = self.prompt_ids(messages, criterion_prefill(name) + "5")
                 if ids[-1] != tokens.first[5]:
                     raise ValueError(f"judge prompt for {name!r}: the score is not a token of its own")
                 contexts.append(ids[:-1])

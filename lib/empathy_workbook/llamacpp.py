@@ -10,6 +10,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def threads(n_threads: int) -> int:
@@ -93,3 +94,47 @@ def gguf_scores(llm, ids: list[int]):
     llm.reset()
     llm.eval(ids)
     return llm.scores[: len(ids)]
+
+
+class GGUFTokenizer:
+    """llama.cpp's tokenizer and a GGUF's own chat template behind the three calls chat.encode_messages makes
+    (apply_chat_template, __call__, added_tokens_decoder), so a prompt built from a GGUF file alone keeps
+    message text as text the way the transformers path does.
+
+    llama.cpp parses user-defined tokens (<think>) even with special=False, so plain text cannot be left
+    to it: chat.encode_text splits every control or user-defined token's string out of message text.
+    """
+
+    def __init__(self, llm, template: str, bos_token: str, eos_token: str):
+        self.llm, self.template, self.bos_token, self.eos_token = llm, template, bos_token, eos_token
+        self._formatters: dict = {}
+        self._added: dict | None = None
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True,
+                            **kwargs) -> str:
+        """The template's text for the messages (keyword arguments such as enable_thinking reach the template)."""
+        if tokenize:
+            raise ValueError("GGUFTokenizer renders text only; tokenize through chat.encode_messages")
+        if add_generation_prompt not in self._formatters:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatters[add_generation_prompt] = Jinja2ChatFormatter(
+                self.template, eos_token=self.eos_token, bos_token=self.bos_token,
+                add_generation_prompt=add_generation_prompt)
+        return self._formatters[add_generation_prompt](messages=messages, **kwargs).prompt
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        """{"input_ids": ...} of text with control tokens parsed (for the template's own text; no BOS added)."""
+        return {"input_ids": self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True)}
+
+    @property
+    def added_tokens_decoder(self) -> dict:
+        """{id: token} of every control and user-defined token (each with .content, its text)."""
+        if self._added is None:
+            import llama_cpp
+
+            marker = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            model = self.llm._model  # the vocabulary's attributes are not in the public API
+            self._added = {i: SimpleNamespace(content=self.llm.detokenize([i], special=True).decode("utf-8", "replace"))
+                           for i in range(self.llm.n_vocab()) if model.token_get_attr(i) & marker}
+        return self._added
