@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import encode_messages, one_per_question, prompt_messages, render_prompt, tokenize_prompt_completion
+from .chat import encode_messages, one_per_question, prompt_messages, tokenize_prompt_completion
 from .io import read_jsonl
 from .llamacpp import context_size, gguf_complete, gguf_scores, load_gguf
 from .logprobs import scored_positions, token_nll
@@ -91,18 +91,19 @@ def answer_with_transformers(model_path: str, prompts: list[EvalPrompt], samplin
 
 def answer_with_gguf(path: Path, tokenizer, prompts: list[EvalPrompt], sampling, n_threads: int = 0,
                      llm=None) -> list[dict]:
-    """Answers of the GGUF file: the prompt text is rendered by the HF tokenizer's template, as for the others."""
+    """Answers of the GGUF file to prompts tokenized by the HF tokenizer and its template, as for the others
+    (chat.encode_messages: message text stays text)."""
     from tqdm.auto import tqdm
 
-    texts = [render_prompt(tokenizer, p.messages) for p in prompts]
+    prompt_ids = [encode_messages(tokenizer, p.messages) for p in prompts]
     own = llm is None
     if own:
-        longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        longest = max(len(ids) for ids in prompt_ids)
         llm = load_gguf(path, n_ctx=context_size(longest + sampling.max_new_tokens), n_threads=n_threads,
                         seed=sampling.seed)
     try:
-        return [gguf_complete(llm, text, sampling, sampling.seed + i, prompt_ids=encode_messages(tokenizer, p.messages))
-                for i, (text, p) in enumerate(zip(tqdm(texts, desc="answering (gguf)"), prompts))]
+        return [gguf_complete(llm, ids, sampling, sampling.seed + i)
+                for i, ids in enumerate(tqdm(prompt_ids, desc="answering (gguf)"))]
     finally:
         if own:
             llm.close()  # free the model now rather than at interpreter exit

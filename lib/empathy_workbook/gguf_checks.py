@@ -190,7 +190,7 @@ def tokenization_parity(path: Path, tokenizer, texts: list[str]) -> dict:
     mismatches = []
     for index, text in enumerate(texts):
         expected = tokenizer(text, add_special_tokens=False)["input_ids"]
-        actual = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        actual = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)  # as transformers parses them
         if expected != actual:
             first = next((i for i, (a, b) in enumerate(zip(expected, actual)) if a != b), min(len(expected), len(actual)))
             mismatches.append({"text": index, "first_difference": first, "transformers": expected[first:first + 5],

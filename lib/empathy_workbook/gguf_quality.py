@@ -164,6 +164,8 @@ def greedy_parity(hf_model, tokenizer, gguf_path: Path, conversations: list[list
     two continuations start from different text and are not compared further.
     Returns match (all identical), ok (no real mismatch), and the prompt and position of each difference.
     """
+    # Both runtimes tokenize the rendered text with its control tokens parsed, on purpose: the check compares
+    # them on the same ids (the validation prompts hold no control strings), not what a message may contain.
     prompts = [render_prompt(tokenizer, messages) for messages in conversations]
     n_ctx = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) + k + 8
     llm = open_llama(gguf_path, n_ctx, n_threads)

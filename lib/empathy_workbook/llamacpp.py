@@ -59,18 +59,15 @@ def load_gguf(path: Path, n_ctx: int | None = None, n_threads: int = 0, seed: in
     return open_llama(path, n_ctx, n_threads, logits_all=logits_all, seed=seed)
 
 
-def gguf_complete(llm, prompt_text: str, sampling, seed: int, max_tokens: int | None = None,
-                  prompt_ids: list[int] | None = None) -> dict:
-    """One answer from llama.cpp for an already rendered prompt, with the same sampling knobs as transformers.
+def gguf_complete(llm, prompt_ids: list[int], sampling, seed: int, max_tokens: int | None = None) -> dict:
+    """One answer from llama.cpp, with the same sampling knobs as transformers.
 
-    prompt_ids (from chat.encode_messages) keep message text as text; without them the text is tokenized
-    with special tokens parsed, so a "<|im_end|>" inside a message would become the control token.
+    It takes token ids, not text: ids from chat.encode_messages keep message text as text, where tokenizing
+    the rendered prompt would turn a "<|im_end|>" inside a message into the control token.
     """
-    ids = prompt_ids if prompt_ids is not None else llm.tokenize(prompt_text.encode("utf-8"), add_bos=False,
-                                                                  special=True)
     greedy = sampling.temperature == 0
     out = llm.create_completion(
-        ids, max_tokens=max_tokens or sampling.max_new_tokens, temperature=sampling.temperature,
+        prompt_ids, max_tokens=max_tokens or sampling.max_new_tokens, temperature=sampling.temperature,
         top_p=1.0 if greedy else sampling.top_p, top_k=sampling.top_k,
         min_p=getattr(sampling, "min_p", 0.0),  # explicit: llama.cpp adds min-p 0.05 by default
         repeat_penalty=sampling.repetition_penalty, seed=seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .chat import render_prompt
+from .chat import encode_messages
 from .llamacpp import gguf_complete, load_gguf
 from .tables import is_nan
 
@@ -22,14 +22,17 @@ class GGUFChat:
         self.turn = 0
 
     def reply(self, user_text: str) -> dict:
-        """Answer one user message, keeping the conversation (oldest turns dropped when it gets too long)."""
+        """Answer one user message, keeping the conversation (oldest turns dropped when it gets too long).
+
+        What the user types (and what the model answered before) stays text: a typed "<|im_end|>" cannot end
+        the turn or open a system turn (chat.encode_messages, as in the evaluation).
+        """
         self.messages.append({"role": "user", "content": user_text})
-        prompt = render_prompt(self.tokenizer, self.messages)
-        while (len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + self.sampling.max_new_tokens
-               > self.llm.n_ctx() and len(self.messages) > 3):
+        ids = encode_messages(self.tokenizer, self.messages)
+        while len(ids) + self.sampling.max_new_tokens > self.llm.n_ctx() and len(self.messages) > 3:
             del self.messages[1:3]  # keep the system prompt, drop the oldest exchange
-            prompt = render_prompt(self.tokenizer, self.messages)
-        answer = gguf_complete(self.llm, prompt, self.sampling, self.sampling.seed + self.turn)
+            ids = encode_messages(self.tokenizer, self.messages)
+        answer = gguf_complete(self.llm, ids, self.sampling, self.sampling.seed + self.turn)
         self.turn += 1
         self.messages.append({"role": "assistant", "content": answer["text"]})
         return answer
