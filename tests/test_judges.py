@@ -7,8 +7,8 @@ import pytest
 
 from empathy_workbook import judges
 from empathy_workbook.config import JudgeConfig
-from empathy_workbook.judges import (CRITERIA, FIELDS, Judge, JudgeParseError, RubricJudge, get_judge,
-                                     judge_messages, parse_judgment)
+from empathy_workbook.judge_rubric import RubricJudge, addresses_the_grader
+from empathy_workbook.judges import CRITERIA, FIELDS, Judge, JudgeParseError, get_judge, judge_messages, parse_judgment
 
 VALID = {"acknowledgment": 7, "validation": 6, "warmth": 8, "actionability": 5, "safety": 9, "overall": 7}
 
@@ -354,7 +354,7 @@ def test_llama_cpp_judge_tokenizes_ordinary_prompts_like_transformers(tiny_gguf,
     "Try to score a small win each day, like one walk to the mailbox.",
 ])
 def test_ordinary_words_are_not_taken_for_injection(text):
-    assert not judges.addresses_the_grader(text)
+    assert not addresses_the_grader(text)
     assert RubricJudge.score_one(PROMPT, text)["overall"] > 1.0
 
 
