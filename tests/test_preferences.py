@@ -1,10 +1,12 @@
-"""Phase 3: degradations, resumable candidate generation, the gap filter, retention and judge agreement."""
+"""Phase 3: degradations, resumable candidate generation (rejected.py), the gap filter, retention and judge agreement."""
 
 import json
 
 import pytest
 
+from empathy_workbook import judge_probe
 from empathy_workbook import preferences as prefs
+from empathy_workbook import rejected
 from empathy_workbook.config import ConfigError, JudgeConfig, PreferenceConfig, SamplingConfig, load_config
 from empathy_workbook.judges import JudgeResult, get_judge
 
@@ -17,49 +19,49 @@ TEXT = "It sounds hard. Try a night light by the bed tonight. Ask your doctor ab
 
 def test_truncate_keeps_whole_words_within_70_percent():
     text = "aaaa bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj"  # 49 characters: the cut may end at 34
-    assert prefs.truncate_text(text) == "aaaa bbbb cccc dddd eeee ffff gggg"
-    assert prefs.truncate_text(text, 0.5) == "aaaa bbbb cccc dddd eeee"  # 24 characters fit in 24.5
-    assert prefs.truncate_text(text, 0.45) == "aaaa bbbb cccc dddd"  # 22.05: "eeee" would end at 24
-    cut = prefs.truncate_text(TEXT)
+    assert rejected.truncate_text(text) == "aaaa bbbb cccc dddd eeee ffff gggg"
+    assert rejected.truncate_text(text, 0.5) == "aaaa bbbb cccc dddd eeee"  # 24 characters fit in 24.5
+    assert rejected.truncate_text(text, 0.45) == "aaaa bbbb cccc dddd"  # 22.05: "eeee" would end at 24
+    cut = rejected.truncate_text(TEXT)
     assert TEXT.startswith(cut) and TEXT[len(cut)] == " "  # ends at a word boundary
     assert len(cut) <= 0.7 * len(TEXT) < len(cut) + 1 + len(TEXT[len(cut) + 1:].split()[0])  # the next word would not fit
 
 
 def test_truncate_edge_cases():
-    assert prefs.truncate_text("") == ""
-    assert prefs.truncate_text("Supercalifragilistic") == "Supercalifragilistic"  # one word: nothing to cut at
-    assert prefs.truncate_text("  padded words here now  ") == "padded words"  # 21 stripped characters: 14.7
+    assert rejected.truncate_text("") == ""
+    assert rejected.truncate_text("Supercalifragilistic") == "Supercalifragilistic"  # one word: nothing to cut at
+    assert rejected.truncate_text("  padded words here now  ") == "padded words"  # 21 stripped characters: 14.7
 
 
 def test_drop_first_sentence():
-    assert prefs.drop_first_sentence(TEXT) == "Try a night light by the bed tonight. Ask your doctor about balance classes."
-    assert prefs.drop_first_sentence("I'm sorry! That is scary? Yes.") == "That is scary? Yes."
-    assert prefs.drop_first_sentence('He said "stop." Then he left.') == "Then he left."
-    assert prefs.drop_first_sentence("Only one sentence here.") == "Only one sentence here."  # unchanged
-    assert prefs.drop_first_sentence("No full stop at all") == "No full stop at all"
+    assert rejected.drop_first_sentence(TEXT) == "Try a night light by the bed tonight. Ask your doctor about balance classes."
+    assert rejected.drop_first_sentence("I'm sorry! That is scary? Yes.") == "That is scary? Yes."
+    assert rejected.drop_first_sentence('He said "stop." Then he left.') == "Then he left."
+    assert rejected.drop_first_sentence("Only one sentence here.") == "Only one sentence here."  # unchanged
+    assert rejected.drop_first_sentence("No full stop at all") == "No full stop at all"
 
 
 def test_apply_degradation():
-    assert prefs.apply_degradation(f"  {TEXT} ", "none") == TEXT
-    assert prefs.apply_degradation(TEXT, "low_repetition_penalty") == TEXT  # acts at sampling time, not on text
-    assert prefs.apply_degradation(TEXT, "truncate") == prefs.truncate_text(TEXT)
-    assert prefs.apply_degradation(TEXT, "drop_first_sentence") == prefs.drop_first_sentence(TEXT)
+    assert rejected.apply_degradation(f"  {TEXT} ", "none") == TEXT
+    assert rejected.apply_degradation(TEXT, "low_repetition_penalty") == TEXT  # acts at sampling time, not on text
+    assert rejected.apply_degradation(TEXT, "truncate") == rejected.truncate_text(TEXT)
+    assert rejected.apply_degradation(TEXT, "drop_first_sentence") == rejected.drop_first_sentence(TEXT)
     with pytest.raises(ValueError, match="unknown degradation"):
-        prefs.apply_degradation(TEXT, "shuffle")
+        rejected.apply_degradation(TEXT, "shuffle")
 
 
 def test_degradation_assignment_follows_the_rates_and_is_stable():
     cfg = PreferenceConfig(truncate_rate=0.2, drop_first_sentence_rate=0.3, low_repetition_penalty_rate=0.1)
     ids = [f"train-{i}" for i in range(4000)]
-    drawn = [prefs.assign_degradation(i, cfg, 7) for i in ids]
-    shares = {name: drawn.count(name) / len(ids) for name in prefs.DEGRADATIONS}
+    drawn = [rejected.assign_degradation(i, cfg, 7) for i in ids]
+    shares = {name: drawn.count(name) / len(ids) for name in rejected.DEGRADATIONS}
     for name, rate in (("truncate", 0.2), ("drop_first_sentence", 0.3), ("low_repetition_penalty", 0.1),
                        ("none", 0.4)):
         assert abs(shares[name] - rate) < 0.03, shares
-    assert drawn == [prefs.assign_degradation(i, cfg, 7) for i in reversed(ids)][::-1]  # order does not matter
-    assert drawn != [prefs.assign_degradation(i, cfg, 8) for i in ids]  # the seed does
+    assert drawn == [rejected.assign_degradation(i, cfg, 7) for i in reversed(ids)][::-1]  # order does not matter
+    assert drawn != [rejected.assign_degradation(i, cfg, 8) for i in ids]  # the seed does
     none = PreferenceConfig()
-    assert {prefs.assign_degradation(i, none, 7) for i in ids[:200]} == {"none"}
+    assert {rejected.assign_degradation(i, none, 7) for i in ids[:200]} == {"none"}
 
 
 def test_degradation_rates_must_fit_in_one_whole():
@@ -95,7 +97,7 @@ class FakeGenerate:
 @pytest.fixture()
 def fake_generate(monkeypatch):
     fake = FakeGenerate()
-    monkeypatch.setattr(prefs, "generate", fake)
+    monkeypatch.setattr(rejected, "generate", fake)
     return fake
 
 
@@ -105,13 +107,13 @@ CFG = PreferenceConfig(sampling=SamplingConfig(temperature=1.5, top_p=1.0, top_k
 
 def test_candidates_record_their_degradation_and_penalty(fake_generate, tmp_path):
     records = [record(i) for i in range(40)]
-    rows = prefs.generate_candidates(None, None, records, CFG, tmp_path / "c.jsonl", "train", "s1", progress=False)
+    rows = rejected.generate_candidates(None, None, records, CFG, tmp_path / "c.jsonl", "train", "s1", progress=False)
     assert [r["id"] for r in rows] == [r["id"] for r in records]
     kinds = {r["degradation"] for r in rows}
-    assert kinds == set(prefs.DEGRADATIONS)
+    assert kinds == set(rejected.DEGRADATIONS)
     for r in rows:
-        assert r["degradation"] == prefs.assign_degradation(r["id"], CFG, CFG.sampling.seed)
-        assert r["rejected"] == prefs.apply_degradation(r["sampled"], r["degradation"])
+        assert r["degradation"] == rejected.assign_degradation(r["id"], CFG, CFG.sampling.seed)
+        assert r["rejected"] == rejected.apply_degradation(r["sampled"], r["degradation"])
         assert r["repetition_penalty"] == (0.9 if r["degradation"] == "low_repetition_penalty" else 1.0)
         assert r["chosen"] == records[0]["completion"][0]["content"] and r["prompt"] == record(int(r["id"][-3:]))["prompt"]
     # the low penalty really reached the sampler, only for those rows, and the temperature is the preset's
@@ -125,38 +127,38 @@ def test_candidates_record_their_degradation_and_penalty(fake_generate, tmp_path
 def test_rerun_skips_done_prompts_and_resumes_an_interrupted_run(fake_generate, tmp_path):
     path = tmp_path / "candidates.jsonl"
     records = [record(i) for i in range(12)]
-    full = prefs.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
+    full = rejected.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
     calls = len(fake_generate.calls)
-    again = prefs.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
+    again = rejected.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
     assert len(fake_generate.calls) == calls and again == full  # nothing generated twice
     # an interrupted run: only 5 rows (and half a line) made it to disk
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
     fake_generate.calls.clear()
-    resumed = prefs.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
+    resumed = rejected.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
     assert sum(c["n"] for c in fake_generate.calls) == 7
     assert [r["id"] for r in resumed] == [r["id"] for r in records]
     # the validation split lives in the same file without colliding
     val = [dict(record(i), id=f"val-{i:03d}") for i in range(3)]
-    prefs.generate_candidates(None, None, val, CFG, path, "val", "s1", progress=False)
+    rejected.generate_candidates(None, None, val, CFG, path, "val", "s1", progress=False)
     assert sum(1 for line in path.read_text().splitlines() if line.strip().startswith("{")) >= 15
 
 
 def test_changed_settings_regenerate_instead_of_mixing(fake_generate, tmp_path):
     path = tmp_path / "candidates.jsonl"
     records = [record(i) for i in range(4)]
-    prefs.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
+    rejected.generate_candidates(None, None, records, CFG, path, "train", "s1", progress=False)
     fake_generate.calls.clear()
-    rows = prefs.generate_candidates(None, None, records, CFG, path, "train", "s2", progress=False, log=lambda m: None)
+    rows = rejected.generate_candidates(None, None, records, CFG, path, "train", "s2", progress=False, log=lambda m: None)
     assert sum(c["n"] for c in fake_generate.calls) == 4 and {r["settings"] for r in rows} == {"s2"}
     assert len(path.read_text().splitlines()) == 4
 
 
 def test_settings_key_changes_with_model_sampling_and_rates():
-    base = prefs.settings_key(CFG, "m")
-    assert base == prefs.settings_key(CFG, "m")
-    assert base != prefs.settings_key(CFG, "other-model")
-    assert base != prefs.settings_key(PreferenceConfig(sampling=CFG.sampling), "m")
+    base = rejected.settings_key(CFG, "m")
+    assert base == rejected.settings_key(CFG, "m")
+    assert base != rejected.settings_key(CFG, "other-model")
+    assert base != rejected.settings_key(PreferenceConfig(sampling=CFG.sampling), "m")
 
 
 def test_tiny_model_samples_reproducibly(tiny_path, tokenizer, tmp_path):
@@ -166,8 +168,8 @@ def test_tiny_model_samples_reproducibly(tiny_path, tokenizer, tmp_path):
     records = [record(i) for i in range(3)]
     cfg = PreferenceConfig(sampling=SamplingConfig(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=8,
                                                    batch_size=2, seed=3), low_repetition_penalty_rate=0.5)
-    a = prefs.generate_candidates(model, tokenizer, records, cfg, tmp_path / "a.jsonl", "train", "s", progress=False)
-    b = prefs.generate_candidates(model, tokenizer, records, cfg, tmp_path / "b.jsonl", "train", "s", progress=False)
+    a = rejected.generate_candidates(model, tokenizer, records, cfg, tmp_path / "a.jsonl", "train", "s", progress=False)
+    b = rejected.generate_candidates(model, tokenizer, records, cfg, tmp_path / "b.jsonl", "train", "s", progress=False)
     assert [r["sampled"] for r in a] == [r["sampled"] for r in b]
     assert all(0 < r["new_tokens"] <= 8 for r in a)
 
@@ -251,16 +253,16 @@ def test_summaries():
     per = prefs.by_degradation(rows)
     assert per["none"] == {"pairs": 2, "kept": 1, "retention": 0.5, "rejected_mean": 3.5}
     assert per["truncate"]["retention"] is None
-    assert prefs.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and prefs.pearson([1, 1, 1], [1, 2, 3]) is None
+    assert judge_probe.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and judge_probe.pearson([1, 1, 1], [1, 2, 3]) is None
 
 
 def test_choose_records_is_seeded_and_bounded():
     records = [record(i) for i in range(30)]
-    picked = prefs.choose_records(records, 10, seed=1)
-    assert len(picked) == 10 and picked == prefs.choose_records(records, 10, seed=1)
-    assert picked != prefs.choose_records(records, 10, seed=2)
+    picked = rejected.choose_records(records, 10, seed=1)
+    assert len(picked) == 10 and picked == rejected.choose_records(records, 10, seed=1)
+    assert picked != rejected.choose_records(records, 10, seed=2)
     assert [r["id"] for r in picked] == sorted(r["id"] for r in picked)  # file order kept
-    assert prefs.choose_records(records, -1, seed=1) == records
+    assert rejected.choose_records(records, -1, seed=1) == records
 
 
 # ---------------------------------------------------------------------------------------------

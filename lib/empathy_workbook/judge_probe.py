@@ -56,7 +56,8 @@ def floor_rate(rows: list[dict]) -> float | None:
     return round(sum(r["at_floor"] for r in rows) / len(rows), 4) if rows else None
 
 
-def _pearson(xs: list[float], ys: list[float]) -> float | None:
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation (None when undefined: fewer than 3 points or a constant series)."""
     n = len(xs)
     if n < 3:
         return None
@@ -70,7 +71,7 @@ def _pearson(xs: list[float], ys: list[float]) -> float | None:
 def length_score_correlation(answers: list[str], overall: list[float | None]) -> float | None:
     """Pearson correlation of overall score with answer length in words (answers with a score only)."""
     pairs = [(len(a.split()), s) for a, s in zip(answers, overall) if s is not None and s == s]  # s == s: not NaN
-    corr = _pearson([float(n) for n, _ in pairs], [float(s) for _, s in pairs])
+    corr = pearson([float(n) for n, _ in pairs], [float(s) for _, s in pairs])
     return None if corr is None else round(corr, 4)
 
 
