@@ -176,3 +176,31 @@ def test_spot_check_records_are_fixed_and_distinct(records):
     chosen = training.spot_check_records(val, 5)
     assert chosen == training.spot_check_records(list(reversed(val)), 5)  # order of the file does not matter
     assert len({r["question_key"] for r in chosen}) == len(chosen) == min(5, len({r["question_key"] for r in val}))
+
+
+def test_trainable_tokens_train_only_their_embedding_rows_and_merge_into_them(tmp_path, tiny_path, tokenizer, records):
+    """lora.trainable_tokens (a base model's never-seen chat tokens): the named rows of the tied embedding learn,
+    every other row stays the base's, and the merged model carries the learnt rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    cfg = load_config("tiny", {"sft": {"lora": {"trainable_tokens": ["<|im_end|>"]},
+                                       "train": {"batch_size": 4, "grad_accum": 1, "max_steps": 2, "save_steps": 2, "eval_steps": 2,
+                                                 "gradient_checkpointing": False, "warmup_ratio": 0.0,
+                                                 "learning_rate": 1e-2}}})
+    train, _ = records
+    trainer = sft_trainer(cfg, tiny_path, tokenizer, train[:8], tmp_path / "ckpt")
+    trainer.train()
+    merged_dir = training.merge_and_save(training.save_adapter(trainer, tmp_path / "adapter"), tiny_path,
+                                         tmp_path / "merged", tokenizer)
+    base = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).get_input_embeddings().weight
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).get_input_embeddings().weight
+    moved = (merged - base).abs().amax(dim=1) > base.abs().amax() * 2**-7  # beyond the 16-bit save's rounding
+    assert moved.nonzero().flatten().tolist() == [end]
+
+
+def test_trainable_tokens_must_be_single_tokens(tokenizer):
+    assert training.token_rows(tokenizer, ["<|im_end|>"]) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    with pytest.raises(ValueError, match="'<end_of_turn>' is not a single token"):
+        training.token_rows(tokenizer, ["<end_of_turn>"])

@@ -89,9 +89,13 @@ class LoraConfig:
     alpha: int = _help("scale numerator: the update is multiplied by alpha / r", 16)
     dropout: float = _help("dropout on the LoRA input (0-0.1)", 0.0)
     target_modules: list = _help("linear layers that get an adapter", factory=lambda: list(LORA_TARGETS))
+    trainable_tokens: list = _help("tokens whose embedding rows train with the adapter, e.g. a base model's never-seen "
+                                   "chat tokens ([] = none)", factory=list)
 
     def __post_init__(self):
         _require(self.r > 0 and self.alpha > 0, "lora.r and lora.alpha must be positive")
+        _require(all(isinstance(t, str) and t for t in self.trainable_tokens),
+                 f"lora.trainable_tokens={self.trainable_tokens!r}: list the tokens as strings, e.g. ['<end_of_turn>']")
         _require(0.0 <= self.dropout < 1.0, f"lora.dropout={self.dropout}: use a value in [0, 1)")
         _require(len(self.target_modules) > 0, "lora.target_modules is empty")
 
@@ -246,6 +250,9 @@ class DPOConfig:
 
     def __post_init__(self):
         _require(self.beta > 0, f"dpo.beta={self.beta} must be positive")
+        _require(not self.lora.trainable_tokens,
+                 "dpo.lora.trainable_tokens must be empty: token rows are taught in SFT (sft.lora.trainable_tokens), "
+                 "and DPO starts from the merged SFT model that carries them")
         _require(0.0 < self.heldout_fraction < 0.5,
                  f"dpo.heldout_fraction={self.heldout_fraction}: use a value in (0, 0.5)")
         _require(self.spot_check_prompts >= 1, "dpo.spot_check_prompts must be >= 1")

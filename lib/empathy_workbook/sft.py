@@ -59,12 +59,26 @@ def batching_arguments(cfg: PhaseConfig) -> dict:
     return {"max_length": cfg.train.max_length}
 
 
+def trains_token_rows(model) -> bool:
+    """Whether the adapter trains embedding rows (lora.trainable_tokens) besides the LoRA matrices."""
+    return any("trainable_tokens_delta" in name for name, _ in model.named_parameters())
+
+
 def trainer_class():
     """SFTTrainer with the project's guards (raw-loss check, memory in the logs)."""
+    from transformers import Trainer
     from trl import SFTTrainer
 
     class GuardedSFTTrainer(TrainingGuards, SFTTrainer):
-        pass
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not trains_token_rows(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # TRL's fused LM head reads the output layer's weight directly, and with trained token rows on a tied
+            # head that layer is PEFT's wrapper (base weight + row deltas): use the model's own loss instead. It is
+            # the same masked cross-entropy, over full logits; TRL's token-accuracy and entropy logs are skipped.
+            model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")
+                            if k in inputs}
+            return Trainer.compute_loss(self, model, model_inputs, return_outputs, num_items_in_batch)
 
     return GuardedSFTTrainer
 

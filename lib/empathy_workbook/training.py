@@ -41,12 +41,30 @@ def prepare_backend(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Backend:
     return backend
 
 
-def peft_lora_config(lora: LoraConfig):
-    """The PEFT LoraConfig of a phase's adapter (causal LM, no bias terms)."""
+def token_rows(tokenizer, tokens: list[str]) -> list[int]:
+    """Vocabulary ids of `tokens`, each of which must be one whole token of this tokenizer."""
+    ids = []
+    for token in tokens:
+        encoded = tokenizer.convert_tokens_to_ids(token)
+        if encoded is None or encoded == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(encoded) != token:
+            raise ValueError(f"lora.trainable_tokens: {token!r} is not a single token of this tokenizer")
+        ids.append(encoded)
+    return ids
+
+
+def peft_lora_config(lora: LoraConfig, token_ids: list[int] | None = None):
+    """The PEFT LoraConfig of a phase's adapter (causal LM, no bias terms).
+
+    `token_ids` are embedding rows trained beside the LoRA (PEFT's trainable tokens): a base model such as
+    Gemma 3 270M has never seen its chat tokens, ranks <end_of_turn> near the bottom of its vocabulary after
+    an answer, and a LoRA on the projections alone cannot lift it in a few hundred updates. Only those rows
+    train; the merge writes them into the (tied) embedding like the LoRA deltas.
+    """
     from peft import LoraConfig as PeftLoraConfig
 
+    extra = {"trainable_token_indices": list(token_ids)} if token_ids else {}  # PEFT finds the input embedding
     return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+                          target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM", **extra)
 
 
 def load_model(name_or_path: str, backend: Backend, train_cfg: TrainConfig, lora: LoraConfig,
@@ -56,13 +74,21 @@ def load_model(name_or_path: str, backend: Backend, train_cfg: TrainConfig, lora
 
     model = load_training_base(name_or_path, backend, train_cfg.max_length, trust_remote_code,
                                gradient_checkpointing=train_cfg.gradient_checkpointing)
+    token_ids = None
+    if lora.trainable_tokens:
+        from .models import load_tokenizer
+
+        token_ids = token_rows(load_tokenizer(name_or_path, trust_remote_code), lora.trainable_tokens)
     if backend.name == "unsloth":
         from .models import add_unsloth_lora
 
+        if token_ids:
+            raise ValueError("lora.trainable_tokens is not supported with the Unsloth backend: set "
+                             "model.backend to transformers, or remove the tokens")
         model = add_unsloth_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, train_cfg.seed,
                                  train_cfg.gradient_checkpointing)
         return model, None
-    return model, peft_lora_config(lora)
+    return model, peft_lora_config(lora, token_ids)
 
 
 def optimizer_name(train_cfg: TrainConfig, backend: Backend, log=print) -> str:
