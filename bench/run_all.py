@@ -75,6 +75,8 @@ def plan(cuda: bool, small: bool) -> list[tuple[str, str, list[str]]]:
             ("bucketing", "bucketing on the tiny model", ["bench_bucketing.py"]),
             ("bucketing", "bucketing on Qwen3-0.6B", ["bench_bucketing.py", "--model", "qwen3-0.6b", "--prompts", "256",
                                                       "--batch", "32", "--new-tokens", "64"]),
+            ("generation-options", "fixed vs token-budget vs continuous batching",
+             ["bench_generation_options.py", "--prompts", "128", "--batch", "32", "--new-tokens", "320"]),
         ]
         if cuda:
             runs += [("sft", "SFT synthetic, 16-bit base", ["bench_sft.py", "--base", "16bit"]),
@@ -260,7 +262,8 @@ def main() -> None:
     parser.add_argument("--cpu-small", "--quick", dest="small", action="store_true",
                         help="CPU-sized variant: few steps, short sequences (the default when no GPU is present)")
     parser.add_argument("--full", action="store_true", help="full-size runs even on a CPU (slow)")
-    parser.add_argument("--only", help="comma-separated stages to run (padding,sft,dpo,generate,judge,bucketing,export)")
+    parser.add_argument("--only", help="comma-separated stages to run (padding,sft,dpo,generate,judge,bucketing,"
+                        "generation-options,export)")
     parser.add_argument("--skip", help="comma-separated stages to leave out")
     parser.add_argument("--reuse-export", action="store_true",
                         help="use today's bench/results/*-export.json instead of running the export benchmark again")

@@ -1,11 +1,13 @@
 """The seeded-sampling guarantee of models.generate (rejected answers in 02, answers in 05).
 
-Guaranteed: the same prompts, seed and batch_size give the same answers, whatever order the prompts
-come in (they are sorted by length before batching; here all lengths differ). Not guaranteed: the
-answer to one prompt when its companions change (other prompts, another batch_size): each batch draws
-from one generator seeded by seed + batch number, so a row's random numbers depend on its batch and
-its row in it. That is also true of transformers' continuous batching, which samples all scheduled
-rows from one generator per step (bench/README.md, "Generation").
+Guaranteed: the same prompts, seed and batch_size (or token_budget) give the same answers, whatever
+order the prompts come in: they are sorted by length, equal lengths by their token ids, before
+batching (without that tie-break two equal-length prompts swapped rows, and random numbers, when the
+input order changed). Not guaranteed: the answer to one prompt when its companions change (other
+prompts, another batch_size or token_budget): each batch draws from one generator seeded by
+seed + batch number, so a row's random numbers depend on its batch and its row in it. Transformers'
+continuous batching varies with more: it samples all scheduled rows from one generator per call
+(bench/README.md, "Generation options").
 """
 
 import pytest
@@ -50,3 +52,39 @@ def test_same_prompts_and_seed_give_the_same_answers_in_any_order(qwen_model_and
     other_seed = generate(model, tokenizer, prompts, SamplingConfig(**{**sampling.__dict__, "seed": 12}),
                           progress=False)
     assert [a["text"] for a in other_seed] != [a["text"] for a in first]  # the seed is what fixes them
+
+
+def test_batches_depend_on_the_prompts_not_their_order():
+    from empathy_workbook.models import length_sorted_batches
+
+    prompts = [[5, 1], [3], [4, 4], [2, 2], [9, 9, 9], [1]]
+    batches = length_sorted_batches(prompts, batch_size=2)
+    assert batches == [[5, 1], [3, 2], [0, 4]]  # by length, equal lengths by their ids
+    reordered = prompts[::-1]
+    as_prompts = [[reordered[i] for i in b] for b in length_sorted_batches(reordered, batch_size=2)]
+    assert as_prompts == [[prompts[i] for i in b] for b in batches]
+
+
+def test_token_budget_fits_more_short_prompts_in_a_batch():
+    from empathy_workbook.models import length_sorted_batches
+
+    prompts = [[7] * n for n in (2, 2, 2, 2, 6, 6, 30)]
+    # rows x (longest prompt + 4 new tokens) <= 24: four 2-token prompts, then two 6-token, then one too long
+    assert length_sorted_batches(prompts, batch_size=2, max_new_tokens=4, token_budget=24) == [
+        [0, 1, 2, 3], [4, 5], [6]]
+
+
+@pytest.mark.slow
+def test_equal_length_prompts_give_the_same_answers_in_any_order(qwen_model_and_tokenizer):
+    from empathy_workbook.chat import encode_messages
+    from empathy_workbook.config import SamplingConfig
+    from empathy_workbook.models import generate
+
+    model, tokenizer = qwen_model_and_tokenizer
+    prompts = [[{"role": "user", "content": f"I fell {word} today."}] for word in ("again", "twice", "badly", "hard")]
+    assert len({len(encode_messages(tokenizer, p)) for p in prompts}) == 1  # the case the tie-break is for
+    sampling = SamplingConfig(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=6, batch_size=3, seed=11)
+    for budget in (None, 3 * (len(encode_messages(tokenizer, prompts[0])) + 6)):
+        first = generate(model, tokenizer, prompts, sampling, progress=False, token_budget=budget)
+        reordered = generate(model, tokenizer, prompts[::-1], sampling, progress=False, token_budget=budget)[::-1]
+        assert [a["text"] for a in first] == [a["text"] for a in reordered]

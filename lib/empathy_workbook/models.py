@@ -143,25 +143,45 @@ def sampling_kwargs(sampling: SamplingConfig, repetition_penalty: float | None =
             "repetition_penalty": penalty, "max_new_tokens": sampling.max_new_tokens}
 
 
+def length_sorted_batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int = 0,
+                          token_budget: int | None = None) -> list[list[int]]:
+    """Indices of the token-id prompts, shortest first, cut into batches.
+
+    Without a budget every batch holds `batch_size` rows. With `token_budget` a batch holds as many rows as
+    keep rows x (its longest prompt + max_new_tokens) within the budget (the batch's largest KV cache), so
+    short prompts share bigger batches; a prompt longer than the budget still gets a batch of its own.
+    Equal lengths are ordered by their token ids, so the batches depend on the set of prompts, not their order.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
+    if token_budget is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = [[]]
+    for index in order:  # ascending, so the prompt being added is the longest of its batch
+        if batches[-1] and (len(batches[-1]) + 1) * (len(prompts[index]) + max_new_tokens) > token_budget:
+            batches.append([])
+        batches[-1].append(index)
+    return [batch for batch in batches if batch]
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], sampling: SamplingConfig,
-             repetition_penalty: float | None = None, progress: bool = True, desc: str = "generating") -> list[dict]:
+             repetition_penalty: float | None = None, progress: bool = True, desc: str = "generating",
+             token_budget: int | None = None) -> list[dict]:
     """Answer each conversation (a list of prompt messages) with seeded, batched, left-padded sampling.
 
     Prompts are bucketed by length so a batch holds prompts of similar size (less padding); results
-    come back in the input order. Each result: text, ended_on_eos, new_tokens.
+    come back in the input order. Each result: text, ended_on_eos, new_tokens. `token_budget` cuts the
+    batches by tokens instead of rows (length_sorted_batches; bench/README.md, "Generation options").
     """
     import torch
     from tqdm.auto import tqdm
 
     # message text stays text: a question or answer holding "<|im_end|>" cannot end its turn (chat.encode_messages)
     prompts = [encode_messages(tokenizer, messages) for messages in conversations]
-    lengths = [len(ids) for ids in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     results: list[dict | None] = [None] * len(prompts)
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    batches = [order[i:i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
+    batches = length_sorted_batches(prompts, sampling.batch_size, sampling.max_new_tokens, token_budget)
     try:
         for number, batch in enumerate(tqdm(batches, desc=desc, disable=not progress)):
             encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding=True,
