@@ -119,3 +119,33 @@ def test_validation_loss_is_measured_before_the_first_step(trained):
     assert metrics["eval_loss_first"] == evals[0]["eval_loss"]
     assert metrics["eval_loss_best"] == min(row["eval_loss"] for row in evals)
     assert metrics["tokens"] > 0 and all(training.series(history, "peak_memory_mb"))
+
+
+class StopAfter(torch.nn.Module):
+    """A stand-in model: logit 0 everywhere, except a chosen logit for the end-of-turn token exactly at the
+    position after `last_id` (and nowhere else), so only the right position gives the known probability."""
+
+    def __init__(self, vocab: int, end: int, last_id: int, logit: float):
+        super().__init__()
+        self.vocab, self.end, self.last_id, self.logit = vocab, end, last_id, logit
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the function reads the device from a parameter
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[0, -1, self.end] = self.logit if input_ids[0, -1] == self.last_id else -30.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_end_of_turn_probability_reads_the_position_after_the_whole_answer(tokenizer, records):
+    from empathy_workbook.chat import encode_prompt_answer
+
+    _, val = records
+    record = val[0]
+    _, answer_ids = encode_prompt_answer(tokenizer, record["prompt"], record["completion"][0]["content"])
+    end = tokenizer.convert_tokens_to_ids(QWEN3.end_of_turn)
+    vocab = len(tokenizer)
+    # softmax with one logit L and vocab-1 zeros: e^L / (e^L + vocab - 1) = 0.25 for L = log((vocab - 1) / 3)
+    model = StopAfter(vocab, end, last_id=answer_ids[-2], logit=float(torch.tensor((vocab - 1) / 3).log()))
+    assert sft.end_of_turn_probability(model, tokenizer, [record]) == pytest.approx(0.25, rel=1e-4)
+    wrong_place = StopAfter(vocab, end, last_id=answer_ids[-1], logit=10.0)  # reading after the end token itself
+    assert sft.end_of_turn_probability(wrong_place, tokenizer, [record]) < 1e-9

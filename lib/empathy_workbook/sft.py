@@ -163,3 +163,29 @@ def sft_metrics(log_history: list[dict], result: dict) -> dict:
         "resumed_from": result["resumed_from"],
         "tokens": result["tokens"],
     }
+
+
+def end_of_turn_probability(model, tokenizer, records: list[dict]) -> float:
+    """Median probability the model gives its end-of-turn token right after each record's reference answer.
+
+    Teacher-forced, so it measures whether the model has learnt *where* a turn ends without the noise of
+    sampling: a model that never predicts its stop rambles into the token limit whatever it writes before.
+    """
+    import statistics
+
+    import torch
+
+    from .chat import encode_prompt_answer
+    from .family import end_of_turn_id
+
+    end = end_of_turn_id(tokenizer)
+    device = next(model.parameters()).device
+    probabilities = []
+    with torch.no_grad():
+        for record in records:
+            prompt_ids, answer_ids = encode_prompt_answer(tokenizer, record["prompt"],
+                                                          record["completion"][0]["content"])
+            ids = torch.tensor([prompt_ids + answer_ids[:-1]], device=device)  # up to the answer's last word
+            logits = model(input_ids=ids).logits[0, -1].float()
+            probabilities.append(logits.softmax(-1)[end].item())
+    return statistics.median(probabilities)
