@@ -60,6 +60,15 @@ def test_export_config_rejects_bad_quant_lists():
     with pytest.raises(ConfigError, match="twice"):
         load_config("tiny", {"export": {"quants": ["Q8_0", "Q8_0"]}})
     assert set(export.QUANT_FTYPES) <= set(export.FORMAT_NOTES)
+    with pytest.raises(ConfigError, match="export.deploy='Q8_0' is not among export.quants"):
+        load_config("tiny", {"export": {"quants": ["Q4_K_M"], "deploy": "Q8_0"}})
+
+
+def test_the_phone_gets_the_named_format_else_q4_k_m_else_the_first():
+    assert export.deploy_format(["Q8_0", "Q4_K_M"]) == "Q4_K_M"
+    assert export.deploy_format(["Q8_0", "Q6_K"]) == "Q8_0"
+    assert export.deploy_format(["Q4_K_M", "Q8_0"], deploy="Q8_0") == "Q8_0"
+    assert load_config("gemma3-270m").export.deploy == "Q8_0"  # Q4_K_M erases its fine-tune (see the preset)
 
 
 def test_model_folder_without_weights_is_refused(tmp_path):

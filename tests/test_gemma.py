@@ -96,3 +96,11 @@ def test_export_writes_k_quants_with_measured_quality_and_token_parity(metrics):
     assert 0.0 <= export["kld_mean"]["Q4_K_M"] and 0.0 < export["top_token_agreement"]["Q4_K_M"] <= 1.0
     assert export["tokenization_parity"] is True
     assert export["greedy_parity"] is True
+
+
+def test_the_phone_file_keeps_the_fine_tune(metrics):
+    """The preset ships Q8_0 (export.deploy): re-quantizing to Q4_K_M rounds this short fine-tune back onto the
+    base's own Q4_K_M grid (0 of 30 suite answers stopped; bench/bench_requantization.py), Q8_0 keeps it
+    (27 of 30 stopped in that measurement, 2026-12-02)."""
+    assert metrics["export"]["deploy_file"] == "model-q8_0.gguf"
+    assert metrics["eval"]["models"]["gguf"]["suite_ended_on_eos_rate"] >= 0.8, metrics["eval"]["models"]["gguf"]

@@ -261,6 +261,8 @@ class DPOConfig:
 @dataclass
 class ExportConfig:
     quants: list = _help("quantized formats to write besides F16", factory=lambda: ["Q4_K_M"])
+    deploy: str = _help("the format the phone gets, one of quants ('' = Q4_K_M when exported, else the first "
+                        "listed); evaluated in notebook 05 and named in the report", "")
     kld_max_texts: int = _help("validation answers used for perplexity and KL divergence", 32)
     parity_prompts: int = _help("prompts checked for greedy parity (transformers vs F16 GGUF)", 4)
     parity_tokens: int = _help("first K greedy tokens that must match", 16)
@@ -280,6 +282,8 @@ class ExportConfig:
         _require(not bad, f"export.quants has {bad}: choose from {sorted(allowed)}")
         _require(len(self.quants) > 0, f"export.quants is empty: list at least one of {sorted(allowed)} (Q4_K_M for phones)")
         _require(len(set(self.quants)) == len(self.quants), f"export.quants lists a format twice: {self.quants}")
+        _require(not self.deploy or self.deploy in self.quants,
+                 f"export.deploy={self.deploy!r} is not among export.quants {self.quants}: add it or change deploy")
         for name in ("kld_max_texts", "parity_prompts", "parity_tokens", "answer_prompts", "chat_max_tokens"):
             _require(getattr(self, name) >= 1, f"export.{name}={getattr(self, name)}: use at least 1")
         _require(self.n_threads >= 0, f"export.n_threads={self.n_threads}: use 0 (all cores) or a positive count")

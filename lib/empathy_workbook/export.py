@@ -316,13 +316,16 @@ def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], 
         "greedy": greedy_parity(hf_model, tokenizer, files["F16"], conversations, cfg.parity_tokens, n_threads,
                                 cfg.parity_tie_margin),
         "quality": quality_report(files["F16"], quants, examples, hf_model, n_threads),
-        "chat": chat_stop_check(files[deploy_format(list(quants))], tokenizer, conversations[0],
+        "chat": chat_stop_check(files[deploy_format(list(quants), cfg.deploy)], tokenizer, conversations[0],
                                 max_tokens=cfg.chat_max_tokens, n_threads=n_threads),
+        "deploy": deploy_format(list(quants), cfg.deploy),
     }
 
 
-def deploy_format(quants: list[str]) -> str:
-    """The file the phone gets: Q4_K_M when exported, else the first quant listed."""
+def deploy_format(quants: list[str], deploy: str = "") -> str:
+    """The file the phone gets: `deploy` when the preset names one, else Q4_K_M when exported, else the first."""
+    if deploy:
+        return deploy
     return "Q4_K_M" if "Q4_K_M" in quants else quants[0]
 
 
@@ -354,8 +357,8 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
         "pre_tokenizer_fallback": conversion["pre_tokenizer_fallback"],
         "convert_seconds": conversion["seconds"],
         "quantize_seconds": {q: r["seconds"] for q, r in quantization.items()},
-        "deploy_file": format_filename(deploy_format([q for q in files if q != "F16"])),
-        "deploy_sha256": sha256_file(files[deploy_format([q for q in files if q != "F16"])]),
+        "deploy_file": format_filename(checks["deploy"]),
+        "deploy_sha256": sha256_file(files[checks["deploy"]]),
         "llama_cpp_python": llama_cpp_version(),
     }
 
