@@ -16,7 +16,7 @@ from .runtime import NOTEBOOKS, PHASE_INPUTS
 
 # Where the figures below come from (shown under the table).
 CPU_SOURCE = ("README 'Running the pipeline': a forced tiny-preset run with an empty cache, "
-              "2 idle CPU cores, 2026-12-01")
+              "2 idle CPU cores, 2026-12-02")
 GPU_SOURCE = ("the design document's RTX 5090 estimates for the qwen3-0.6b preset, as quoted in the README's "
               "Performance section; not measured by this project")
 
@@ -30,12 +30,12 @@ class Duration:
 
 
 PHASE_DURATIONS = {
-    "data": Duration("82 s (most of it builds the tiny model once; later runs reuse it)", "not estimated"),
-    "sft": Duration("60 s", "30–60 min"),
-    "preferences": Duration("18 s", "120–240 min, with judging"),
-    "dpo": Duration("29 s", "20–40 min"),
-    "export": Duration("23 s", "5–10 min"),
-    "eval": Duration("19 s (without the widgets)", "not estimated"),
+    "data": Duration("95 s (most of it builds the tiny model once; later runs reuse it)", "not estimated"),
+    "sft": Duration("59 s", "30–60 min"),
+    "preferences": Duration("20 s", "120–240 min, with judging"),
+    "dpo": Duration("30 s", "20–40 min"),
+    "export": Duration("29 s", "5–10 min"),
+    "eval": Duration("23 s (without the widgets)", "not estimated"),
 }
 
 
