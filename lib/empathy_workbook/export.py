@@ -304,6 +304,7 @@ def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], 
     tokenizer = load_tokenizer(str(model_dir))
     hf_model = load_causal_lm(str(model_dir))
     quants = {q: p for q, p in files.items() if q != "F16"}
+    deploy = deploy_format(list(quants), cfg.deploy)
     examples = scoring_examples(records, tokenizer, cfg.kld_max_texts)
     conversations = distinct_prompts(records, cfg.parity_prompts)
     texts = [e["text"] for e in examples] + [render_prompt(tokenizer, c) for c in conversations] + EDGE_TEXTS
@@ -316,9 +317,9 @@ def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], 
         "greedy": greedy_parity(hf_model, tokenizer, files["F16"], conversations, cfg.parity_tokens, n_threads,
                                 cfg.parity_tie_margin),
         "quality": quality_report(files["F16"], quants, examples, hf_model, n_threads),
-        "chat": chat_stop_check(files[deploy_format(list(quants), cfg.deploy)], tokenizer, conversations[0],
+        "chat": chat_stop_check(files[deploy], tokenizer, conversations[0],
                                 max_tokens=cfg.chat_max_tokens, n_threads=n_threads),
-        "deploy": deploy_format(list(quants), cfg.deploy),
+        "deploy": deploy,
     }
 
 
