@@ -38,10 +38,10 @@ def parse_args(argv=None):
 
 def tiny_model_path() -> str:
     """The embedded tiny model, built from BENCH_DATA_DIR's corpus when that is set (development only)."""
-    from empathy_workbook.models import resolve_model_path
+    from empathy_workbook.models.loading import resolve_model_path
 
     if os.environ.get("BENCH_DATA_DIR"):
-        from empathy_workbook.tiny import ensure_tiny
+        from empathy_workbook.models.tiny import ensure_tiny
 
         return str(ensure_tiny(data_dir=Path(os.environ["BENCH_DATA_DIR"])))
     return resolve_model_path("tiny")
@@ -61,8 +61,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import common
     from common import Row, emit, peak_memory
-    from empathy_workbook import models
     from empathy_workbook.chat import render_prompt
+    from empathy_workbook.models import loading as models
 
     device = "cuda" if common.cuda_available() else "cpu"
     common.mark_imports_done()

@@ -1,6 +1,6 @@
 """Benchmark (not a test): DPO steps on a random-weight Qwen3-0.6B (exact shape) with a LoRA adapter.
 
-Through the phase's own code when lib/empathy_workbook/dpo.py exists (qwen3-0.6b preset with
+Through the phase's own code when lib/empathy_workbook/phases/dpo.py exists (qwen3-0.6b preset with
 benchmark-sized overrides, the project's backend choice, training.load_model, dpo.preference_dataset,
 dpo.training_arguments, dpo.build_trainer), else TRL's DPOTrainer built directly the same way.
 TRL's DPOTrainer as phase 03 uses it: the policy is the model plus a new LoRA (r16 on the 7
@@ -40,14 +40,14 @@ def parse_args(argv=None):
     parser.add_argument("--grad-ckpt", choices=["on", "off"], default="on",
                         help="gradient checkpointing (TRL's DPOConfig default is on)")
     parser.add_argument("--path", choices=["auto", "project", "trl"], default="auto",
-                        help="auto = project when lib/empathy_workbook/dpo.py exists, else trl")
+                        help="auto = project when lib/empathy_workbook/phases/dpo.py exists, else trl")
     return parser.parse_args(argv)
 
 
 def defaults(args, device: str):
     cuda = device == "cuda"
     if args.path == "auto":
-        args.path = "project" if importlib.util.find_spec("empathy_workbook.dpo") else "trl"
+        args.path = "project" if importlib.util.find_spec("empathy_workbook.phases.dpo") else "trl"
     args.batch = args.batch or (8 if cuda else 1)
     args.prompt_len = args.prompt_len or (128 if cuda else 64)
     args.answer_len = args.answer_len or (384 if cuda else 192)
@@ -95,7 +95,7 @@ def corpus_pairs(tokenizer, n: int, seed: int = 0):
 def project_trainer(args, cfg, backend, tokenizer, pairs, work: Path):
     """The phase's own code on a saved random-weight folder."""
     import common
-    from empathy_workbook import dpo, training
+    from empathy_workbook.phases import dpo, training
 
     folder = common.random_model_dir(args.shape, tokenizer, args.layers, log=common.log)
     model, peft_config = training.load_model(str(folder), backend, cfg.dpo.train, cfg.dpo.lora)

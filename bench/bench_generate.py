@@ -67,9 +67,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import common
     from common import Row, build_model, emit, log, peak_memory, qwen_tokenizer
-    from empathy_workbook import models
     from empathy_workbook.chat import render_prompt
     from empathy_workbook.config import SamplingConfig
+    from empathy_workbook.models import loading as models
 
     device = "cuda" if common.cuda_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")

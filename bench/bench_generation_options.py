@@ -99,7 +99,7 @@ def continuous_generate(model, tokenizer, conversations, sampling, kv_tokens: in
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
     from empathy_workbook.chat import encode_messages
-    from empathy_workbook.models import sampling_kwargs, stop_token_ids
+    from empathy_workbook.models.loading import sampling_kwargs, stop_token_ids
 
     prompts = [encode_messages(tokenizer, messages) for messages in conversations]
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
@@ -126,7 +126,7 @@ def continuous_generate(model, tokenizer, conversations, sampling, kv_tokens: in
 
 def run_option(option: str, model, tokenizer, conversations, sampling, kv_tokens: int, args) -> list[dict]:
     """One call of an option on all the conversations; results in the input order."""
-    from empathy_workbook import models
+    from empathy_workbook.models import loading as models
 
     if option == "fixed":
         return models.generate(model, tokenizer, conversations, sampling, progress=False)
@@ -177,9 +177,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import common
     from common import emit, log
-    from empathy_workbook import models
     from empathy_workbook.chat import encode_messages
     from empathy_workbook.config import SamplingConfig
+    from empathy_workbook.models import loading as models
 
     device = "cuda" if common.cuda_available() else "cpu"
     dtype = "fp32" if device == "cpu" else "bf16"

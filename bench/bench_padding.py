@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from empathy_workbook.sft import padded_share  # noqa: E402  (the same measure notebook 01 prints)
+from empathy_workbook.phases.sft import padded_share  # noqa: E402  (the same measure notebook 01 prints)
 
 
 def sft_orders(lengths: list[int], batch: int, seed: int = 0) -> dict[str, list[int]]:

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from empathy_workbook.config import load_config
-from empathy_workbook.export import format_filename, quantize_gguf
-from empathy_workbook.packaged import assembled_gguf
+from empathy_workbook.models.packaged import assembled_gguf
 from empathy_workbook.paths import RunPaths
+from empathy_workbook.phases.export import format_filename, quantize_gguf
 
 from common import device_info, results_path
 
@@ -61,9 +61,9 @@ def retention_by_base_type(base: dict, tuned: dict, quantized: dict) -> dict[str
 
 def end_of_turn_rate(path: Path, cfg) -> dict:
     """Answer the evaluation suite with one GGUF file; share of answers ending on the end-of-turn token."""
-    from empathy_workbook import evaluate as ev
     from empathy_workbook.config import data_path
-    from empathy_workbook.models import load_tokenizer, resolve_model_path
+    from empathy_workbook.models.loading import load_tokenizer, resolve_model_path
+    from empathy_workbook.phases import evaluate as ev
 
     tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path))
     suite = ev.load_suite(data_path(cfg.eval.suite), cfg.data.system_prompt)

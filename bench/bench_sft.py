@@ -6,7 +6,7 @@ batches the trainer actually built, and peak memory. Data is either synthetic fi
 shows what padding costs and what the batching options save.
 
 Code paths:
-* `project` (default when lib/empathy_workbook/sft.py exists): the phase's own code. The qwen3-0.6b
+* `project` (default when lib/empathy_workbook/phases/sft.py exists): the phase's own code. The qwen3-0.6b
   preset with benchmark-sized overrides, the backend the project picks on this machine (CPU fp32; on
   CUDA Unsloth or transformers+PEFT, 4-bit base as the preset says), training.load_model on a saved
   random-weight folder, sft.tokenized_dataset, sft.training_arguments, sft.build_trainer.
@@ -35,7 +35,7 @@ def parse_args(argv=None):
 
     parser = cli(__doc__.splitlines()[0])
     parser.add_argument("--path", choices=["auto", "project", "trl", "unsloth"], default="auto",
-                        help="auto = project when lib/empathy_workbook/sft.py exists, else trl")
+                        help="auto = project when lib/empathy_workbook/phases/sft.py exists, else trl")
     parser.add_argument("--dtype", help="fp32 / bf16 / fp16 (default: the backend's; fp32 on CPU)")
     parser.add_argument("--batch", type=int, help="sequences per step (default 2 on CPU, 16 on CUDA)")
     parser.add_argument("--seq-len", type=int, help="synthetic length / max_length (default 256 CPU, 512 CUDA)")
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 def defaults(args, device: str):
     cuda = device == "cuda"
     if args.path == "auto":
-        args.path = "project" if importlib.util.find_spec("empathy_workbook.sft") else "trl"
+        args.path = "project" if importlib.util.find_spec("empathy_workbook.phases.sft") else "trl"
     args.batch = args.batch or (16 if cuda else 2)
     args.seq_len = args.seq_len or (512 if cuda else 256)
     args.steps = args.steps or (20 if cuda else 3)
@@ -104,7 +104,7 @@ def project_trainer(args, cfg, backend, tokenizer, rows, work: Path):
     from datasets import Dataset
 
     import common
-    from empathy_workbook import sft, training
+    from empathy_workbook.phases import sft, training
 
     folder = common.random_model_dir(args.shape, tokenizer, args.layers, log=common.log)
     model, peft_config = training.load_model(str(folder), backend, cfg.sft.train, cfg.sft.lora)

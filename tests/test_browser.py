@@ -72,7 +72,7 @@ def workspace(tiny_run, tmp_path_factory):
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from empathy_workbook.guide import fork_run
+    from empathy_workbook.pipeline.guide import fork_run
 
     paths = fork_run(tiny_run.root.name, RUN, through="export")
     shutil.rmtree(paths.root / "eval", ignore_errors=True)
@@ -186,9 +186,9 @@ def test_notebook_05_in_jupyterlab(lab, workspace, browser):
     from selenium.webdriver.support.ui import Select
 
     from empathy_workbook.config import load_config
-    from empathy_workbook.ui import GGUFChat
     from empathy_workbook.io import read_jsonl
-    from empathy_workbook.models import load_tokenizer
+    from empathy_workbook.models.loading import load_tokenizer
+    from empathy_workbook.ui import GGUFChat
 
     url, log = lab
     _, paths = workspace

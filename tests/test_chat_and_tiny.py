@@ -7,7 +7,7 @@ import pytest
 from empathy_workbook.chat import (encode_messages, encode_text, mark_trained_tokens, prompt_messages, render_prompt,
                                    strip_think, tokenize_prompt_completion)
 from empathy_workbook.family import GEMMA3, QWEN3, family_of
-from empathy_workbook.tiny import TinyRecipe, build_model, build_tokenizer, corpus_paths, corpus_texts
+from empathy_workbook.models.tiny import TinyRecipe, build_model, build_tokenizer, corpus_paths, corpus_texts
 
 # One two-turn chat with a system prompt, rendered below in each family's format.
 TWO_TURN_CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},

@@ -4,9 +4,10 @@ from collections import Counter
 
 import pytest
 
-from empathy_workbook import data
 from empathy_workbook.config import ConfigError, load_config
-from empathy_workbook.data import Pair
+from empathy_workbook.paths import DATA_DIR
+from empathy_workbook.phases import data
+from empathy_workbook.phases.data import Pair
 
 
 @pytest.mark.parametrize("raw, rule, cleaned", [
@@ -40,7 +41,7 @@ def test_ordinary_answers_are_left_alone(text):
 
 def test_the_shipped_corpus_has_none_of_the_artifacts():
     for name in ("support_corpus.jsonl", "fall_risk_corpus_a.jsonl", "fall_risk_corpus_b.jsonl"):
-        _, report = data.clean_pairs(data.load_pairs(str(data.Path(data.__file__).parents[2] / "data" / name)))
+        _, report = data.clean_pairs(data.load_pairs(str(DATA_DIR / name)))
         assert not any(report.rule_counts[r] for r in data.CONTENT_RULES), (name, report.rule_counts)
 
 

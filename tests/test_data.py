@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from empathy_workbook import data
-from empathy_workbook.data import DataError, Pair
+from empathy_workbook.phases import data
+from empathy_workbook.phases.data import DataError, Pair
 
 
 def write_jsonl(path, rows):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from empathy_workbook import dpo, training
 from empathy_workbook.config import load_config
+from empathy_workbook.phases import dpo, training
 
 
 def degraded(answer: str) -> str:

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from empathy_workbook import evaluate as ev
-from empathy_workbook import logprobs, suite_checks, tables, ui
+from empathy_workbook import logprobs, tables, ui
 from empathy_workbook.config import SamplingConfig
+from empathy_workbook.phases import evaluate as ev
+from empathy_workbook.phases import suite_checks
 
 # ---------------------------------------------------------------- keyword checks
 

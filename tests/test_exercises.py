@@ -10,7 +10,7 @@ import pytest
 
 from empathy_workbook.io import read_json, read_jsonl
 from empathy_workbook.paths import NOTEBOOKS_DIR, RunPaths
-from empathy_workbook.runtime import NOTEBOOKS
+from empathy_workbook.pipeline.runtime import NOTEBOOKS
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_exercise_is_written_in_the_notebook(phase):
 def test_exercise_outcome_is_the_predicted_one(phase, tiny_run):
     import papermill
 
-    from empathy_workbook.guide import fork_run
+    from empathy_workbook.pipeline.guide import fork_run
 
     parameters, check = EXERCISES[phase]
     run_name = f"ci-exercise-{phase}"

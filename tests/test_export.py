@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from empathy_workbook import export, gguf_checks
 from empathy_workbook.config import ConfigError, load_config
-from empathy_workbook.gguf_convert import is_qwen2_pre_tokenizer, pre_tokenizer_spec
 from empathy_workbook.io import sha256_file
+from empathy_workbook.llamacpp import file_checks as gguf_checks
+from empathy_workbook.llamacpp.convert import is_qwen2_pre_tokenizer, pre_tokenizer_spec
+from empathy_workbook.phases import export
 from helpers import reference_qwen3_tokenizer
 
 
@@ -101,7 +102,7 @@ class FakeTokenizer:
 
 @pytest.mark.parametrize("margin, verdict", [(0.01, "near_tie"), (0.05, "near_tie"), (1.5, "mismatch")])
 def test_greedy_difference_is_judged_by_the_transformers_margin(margin, verdict):
-    from empathy_workbook.gguf_quality import _parity_row
+    from empathy_workbook.llamacpp.quality import _parity_row
 
     row = _parity_row(2, FakeLM(margin), FakeTokenizer(), "hi", [0, 0, 0, 0], [0, 0, 1, 1], tie_margin=0.05)
     assert row["verdict"] == verdict and row["prompt"] == 2 and row["first_mismatch"] == 2
@@ -117,7 +118,7 @@ def passing_metrics(deploy="model-q4_k_m.gguf"):
 def test_failed_export_check_writes_metrics_then_stops_and_is_never_reused(tmp_path):
     from empathy_workbook.io import read_json, write_metrics
     from empathy_workbook.paths import RunPaths
-    from empathy_workbook.runtime import start_phase
+    from empathy_workbook.pipeline.runtime import start_phase
 
     root = RunPaths.for_run("verdict", tmp_path).root
     for phase in ("data", "sft", "preferences", "dpo"):  # finished upstream phases (start_phase checks them)

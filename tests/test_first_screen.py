@@ -6,10 +6,10 @@ from html import escape as html_escape
 
 import pytest
 
-from empathy_workbook import guide
 from empathy_workbook.io import write_json
 from empathy_workbook.paths import NOTEBOOKS_DIR, RunPaths
-from empathy_workbook.runtime import NOTEBOOKS, MissingPhaseError, require_inputs
+from empathy_workbook.pipeline import guide
+from empathy_workbook.pipeline.runtime import NOTEBOOKS, MissingPhaseError, require_inputs
 
 
 def finish(paths: RunPaths, *phases):

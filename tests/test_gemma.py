@@ -8,9 +8,9 @@ The run takes about 20 minutes on 2 CPU cores (see configs/gemma3-270m.yaml).
 import pytest
 
 from empathy_workbook.io import all_finite, read_jsonl
-from empathy_workbook.packaged import is_installed
+from empathy_workbook.models.packaged import is_installed
 from empathy_workbook.paths import RunPaths
-from empathy_workbook.runtime import NOTEBOOKS
+from empathy_workbook.pipeline.runtime import NOTEBOOKS
 
 RUN = "ci-gemma3"
 PRESET = "gemma3-270m"
@@ -23,7 +23,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def summary():
-    from empathy_workbook.runner import run_pipeline
+    from empathy_workbook.pipeline.runner import run_pipeline
 
     return run_pipeline(PRESET, RUN, progress=False)
 

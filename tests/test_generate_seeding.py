@@ -40,7 +40,7 @@ def conversations(n):
 @pytest.mark.slow
 def test_same_prompts_and_seed_give_the_same_answers_in_any_order(qwen_model_and_tokenizer):
     from empathy_workbook.config import SamplingConfig
-    from empathy_workbook.models import generate
+    from empathy_workbook.models.loading import generate
 
     model, tokenizer = qwen_model_and_tokenizer
     sampling = SamplingConfig(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=6, batch_size=3, seed=11)
@@ -55,7 +55,7 @@ def test_same_prompts_and_seed_give_the_same_answers_in_any_order(qwen_model_and
 
 
 def test_batches_depend_on_the_prompts_not_their_order():
-    from empathy_workbook.models import length_sorted_batches
+    from empathy_workbook.models.loading import length_sorted_batches
 
     prompts = [[5, 1], [3], [4, 4], [2, 2], [9, 9, 9], [1]]
     batches = length_sorted_batches(prompts, batch_size=2)
@@ -66,7 +66,7 @@ def test_batches_depend_on_the_prompts_not_their_order():
 
 
 def test_token_budget_fits_more_short_prompts_in_a_batch():
-    from empathy_workbook.models import length_sorted_batches
+    from empathy_workbook.models.loading import length_sorted_batches
 
     prompts = [[7] * n for n in (2, 2, 2, 2, 6, 6, 30)]
     # rows x (longest prompt + 4 new tokens) <= 24: four 2-token prompts, then two 6-token, then one too long
@@ -78,7 +78,7 @@ def test_token_budget_fits_more_short_prompts_in_a_batch():
 def test_equal_length_prompts_give_the_same_answers_in_any_order(qwen_model_and_tokenizer):
     from empathy_workbook.chat import encode_messages
     from empathy_workbook.config import SamplingConfig
-    from empathy_workbook.models import generate
+    from empathy_workbook.models.loading import generate
 
     model, tokenizer = qwen_model_and_tokenizer
     prompts = [[{"role": "user", "content": f"I fell {word} today."}] for word in ("again", "twice", "badly", "hard")]

@@ -7,8 +7,8 @@ import pytest
 
 from empathy_workbook import judges
 from empathy_workbook.config import JudgeConfig
-from empathy_workbook.judge_rubric import RubricJudge, addresses_the_grader
 from empathy_workbook.judges import CRITERIA, FIELDS, Judge, JudgeParseError, get_judge, judge_messages, parse_judgment
+from empathy_workbook.judges.rubric import RubricJudge, addresses_the_grader
 
 VALID = {"acknowledgment": 7, "validation": 6, "warmth": 8, "actionability": 5, "safety": 9, "overall": 7}
 
@@ -390,7 +390,7 @@ def test_second_judges_and_filter_with_default_to_todays_behaviour():
 # Probability scoring
 # ---------------------------------------------------------------------------------------------
 
-from empathy_workbook import judge_probability as jp  # noqa: E402
+from empathy_workbook.judges import probability as jp  # noqa: E402
 
 
 def _two_token_ten():
@@ -542,7 +542,7 @@ def test_llama_cpp_judge_offloads_all_layers_only_when_cuda_is_there(tmp_path):
     gguf.write_bytes(b"GGUF")
     judge = get_judge(JudgeConfig(backend="llama_cpp", model=str(gguf)), cache_dir=tmp_path)
     with mock.patch.object(llama_cpp, "llama_supports_gpu_offload", return_value=True), \
-            mock.patch("empathy_workbook.models.cuda_available", return_value=True):
+            mock.patch("empathy_workbook.models.loading.cuda_available", return_value=True):
         assert judge.gpu_layers() == -1
         with mock.patch.object(llama_cpp, "Llama") as fake:
             # a template of a known family (the judge reads its stop words from the template)
@@ -550,7 +550,7 @@ def test_llama_cpp_judge_offloads_all_layers_only_when_cuda_is_there(tmp_path):
                                           "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"}
             judge._load()
         assert fake.call_args.kwargs["n_gpu_layers"] == -1
-    with mock.patch("empathy_workbook.models.cuda_available", return_value=False):
+    with mock.patch("empathy_workbook.models.loading.cuda_available", return_value=False):
         assert judge.gpu_layers() == 0
 
 
@@ -558,7 +558,7 @@ def test_llama_cpp_judge_offloads_all_layers_only_when_cuda_is_there(tmp_path):
 # Robustness probe
 # ---------------------------------------------------------------------------------------------
 
-from empathy_workbook import judge_probe  # noqa: E402
+from empathy_workbook.judges import probe as judge_probe  # noqa: E402
 
 
 def test_master_keys_land_at_the_floor_with_the_rubric(tmp_path):
@@ -605,7 +605,7 @@ def test_llama_cpp_probability_scores_are_finite_and_reuse_the_prefix(tiny_gguf,
 
 
 def test_compare_judges_reports_each_retention_and_their_overlap():
-    from empathy_workbook import preferences as prefs
+    from empathy_workbook.phases import preferences as prefs
 
     def rows(judge, pairs):
         return [{"judge": judge, "gap": None if c is None else c - r, "chosen_overall": c, "rejected_overall": r}

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from empathy_workbook import runner
 from empathy_workbook.paths import NOTEBOOKS_DIR
-from empathy_workbook.runtime import NOTEBOOKS
+from empathy_workbook.pipeline import runner
+from empathy_workbook.pipeline.runtime import NOTEBOOKS
 
 
 def load(name):

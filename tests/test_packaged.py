@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from empathy_workbook import packaged
 from empathy_workbook.chat import prompt_messages, render_prompt
 from empathy_workbook.family import GEMMA3
+from empathy_workbook.models import packaged
 
 
 def fake_package(monkeypatch, tmp_path, content: bytes, sha256: str):
@@ -75,7 +75,7 @@ needs_gemma = pytest.mark.skipif(not packaged.is_installed("gemma3-270m"),
 
 @pytest.fixture(scope="module")
 def gemma_dir():
-    from empathy_workbook.models import resolve_model_path
+    from empathy_workbook.models.loading import resolve_model_path
 
     return resolve_model_path("gguf-package:gemma3-270m")
 
@@ -85,8 +85,8 @@ def gemma_dir():
 def test_converted_vocabulary_is_the_base_gguf_vocabulary(gemma_dir, gemma_tokenizer, tmp_path):
     """HF folder → llama.cpp converter (vocab only) → the same tokens, scores, types as the original GGUF,
     the same token ids as transformers, and <end_of_turn> as the end of generation."""
-    from empathy_workbook.export import convert_to_gguf
-    from empathy_workbook.gguf_checks import EDGE_TEXTS, stop_token_report, tokenization_parity
+    from empathy_workbook.llamacpp.file_checks import EDGE_TEXTS, stop_token_report, tokenization_parity
+    from empathy_workbook.phases.export import convert_to_gguf
 
     out = tmp_path / "vocab.gguf"
     convert_to_gguf(gemma_dir, out, vocab_only=True, log=lambda *_: None)
@@ -105,9 +105,9 @@ def test_converted_vocabulary_is_the_base_gguf_vocabulary(gemma_dir, gemma_token
 @needs_gemma
 @pytest.mark.slow
 def test_f16_gguf_makes_the_same_greedy_choices_as_transformers(gemma_dir, gemma_tokenizer, tmp_path):
-    from empathy_workbook.export import convert_to_gguf
-    from empathy_workbook.gguf_quality import greedy_parity
-    from empathy_workbook.models import load_causal_lm
+    from empathy_workbook.llamacpp.quality import greedy_parity
+    from empathy_workbook.models.loading import load_causal_lm
+    from empathy_workbook.phases.export import convert_to_gguf
 
     out = tmp_path / "model-f16.gguf"
     convert_to_gguf(gemma_dir, out, log=lambda *_: None)

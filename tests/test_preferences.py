@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from empathy_workbook import judge_probe
-from empathy_workbook import preferences as prefs
-from empathy_workbook import rejected
 from empathy_workbook.config import ConfigError, JudgeConfig, PreferenceConfig, SamplingConfig, load_config
+from empathy_workbook.judges import probe as judge_probe
 from empathy_workbook.judges import JudgeResult, get_judge
+from empathy_workbook.phases import preferences as prefs
+from empathy_workbook.phases import rejected
 
 # ---------------------------------------------------------------------------------------------
 # Degradations
@@ -162,7 +162,7 @@ def test_settings_key_changes_with_model_sampling_and_rates():
 
 
 def test_tiny_model_samples_reproducibly(tiny_path, tokenizer, tmp_path):
-    from empathy_workbook.models import load_causal_lm
+    from empathy_workbook.models.loading import load_causal_lm
 
     model = load_causal_lm(tiny_path)
     records = [record(i) for i in range(3)]

@@ -7,8 +7,9 @@ from unittest import mock
 
 import pytest
 
-from empathy_workbook import dpo, models, training
 from empathy_workbook.config import SamplingConfig, TrainConfig, load_config
+from empathy_workbook.models import loading as models
+from empathy_workbook.phases import dpo, training
 
 REAL_FIND_SPEC = importlib.util.find_spec
 
@@ -124,7 +125,7 @@ class RecordingModel:
 def test_sampling_passes_top_k_0_and_min_p_explicitly():
     from transformers import AutoTokenizer
 
-    from empathy_workbook.synthetic import qwen3_tokenizer_dir
+    from empathy_workbook.models.random_weights import qwen3_tokenizer_dir
 
     tokenizer = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
     model = RecordingModel()

@@ -8,7 +8,7 @@ summary.json, never on printed text. About 10-15 minutes on 2 idle cores (most o
 import pytest
 
 from empathy_workbook.paths import RunPaths
-from empathy_workbook.runtime import NOTEBOOKS
+from empathy_workbook.pipeline.runtime import NOTEBOOKS
 
 RUN = "ci-rehearsal"
 PRESET = "qwen3-0.6b-rehearsal"
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.smoke, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def summary():
-    from empathy_workbook.runner import run_pipeline
+    from empathy_workbook.pipeline.runner import run_pipeline
 
     return run_pipeline(PRESET, RUN, force=True, progress=False)
 
@@ -32,7 +32,7 @@ def test_all_six_phases_ran_on_the_rehearsal_preset(summary):
 
 
 def test_data_section_records_every_cleaning_rule(summary):
-    from empathy_workbook.data import CLEANING_RULES, CONTENT_RULES
+    from empathy_workbook.phases.data import CLEANING_RULES, CONTENT_RULES
 
     cleaning = summary["phases"]["data"]["metrics"]["cleaning"]
     assert set(cleaning) == {name for name, _ in CLEANING_RULES}

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from empathy_workbook import export
-from empathy_workbook.report import SHIP_MIN_PASS_RATE, build_report, ship_decision
+from empathy_workbook.phases import export
+from empathy_workbook.pipeline.report import SHIP_MIN_PASS_RATE, build_report, ship_decision
 
 
 def summary(safety=1.0, boundary=0.95, export_ok=True, gguf_mean=6.0, failure=None):

@@ -7,9 +7,9 @@ import json
 import nbformat
 import pytest
 
-from empathy_workbook import runner
 from empathy_workbook.io import read_json, write_json
-from empathy_workbook.report import build_report
+from empathy_workbook.pipeline import runner
+from empathy_workbook.pipeline.report import build_report
 
 PNG_1x1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -22,7 +22,7 @@ from pathlib import Path
 from empathy_workbook.config import load_config
 from empathy_workbook.io import write_metrics
 from empathy_workbook.paths import RunPaths
-from empathy_workbook.runtime import phase_fingerprint
+from empathy_workbook.pipeline.runtime import phase_fingerprint
 cfg = load_config(preset)
 paths = RunPaths.for_run(run_name)
 out = paths.phase({phase!r})

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from empathy_workbook import sft, training
 from empathy_workbook.chat import render_prompt
-from empathy_workbook.family import QWEN3
 from empathy_workbook.config import load_config
+from empathy_workbook.family import QWEN3
+from empathy_workbook.phases import sft, training
 from helpers import sft_trainer
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from empathy_workbook.io import all_finite, read_jsonl
 from empathy_workbook.paths import RunPaths
-from empathy_workbook.runtime import NOTEBOOKS
+from empathy_workbook.pipeline.runtime import NOTEBOOKS
 
 from conftest import TINY_RUN
 
@@ -61,7 +61,7 @@ def test_dpo_reward_margin_grows_on_held_out_pairs(metrics):
 
 
 def test_every_export_check_passes(metrics):
-    from empathy_workbook.export import checks_passed
+    from empathy_workbook.phases.export import checks_passed
 
     passed = checks_passed(metrics["export"])
     assert all(passed.values()), passed

@@ -4,19 +4,21 @@ import json
 
 import pytest
 
-from empathy_workbook import data, synthetic
+from empathy_workbook import rehearsal_data
+from empathy_workbook.models import random_weights
 from empathy_workbook.paths import DATA_DIR
+from empathy_workbook.phases import data
 
 
 def test_committed_amod_shaped_file_is_what_the_generator_writes(tmp_path):
     out = tmp_path / "amod.json"
-    synthetic.write_amod_shaped(out, DATA_DIR)
-    assert out.read_bytes() == (DATA_DIR / synthetic.AMOD_FILE).read_bytes(), \
-        "regenerate it: python -m empathy_workbook.synthetic"
+    rehearsal_data.write_amod_shaped(out, DATA_DIR)
+    assert out.read_bytes() == (DATA_DIR / rehearsal_data.AMOD_FILE).read_bytes(), \
+        "regenerate it: python -m empathy_workbook.rehearsal_data"
 
 
 def test_amod_shaped_file_has_the_artifacts_of_the_real_one():
-    path = DATA_DIR / synthetic.AMOD_FILE
+    path = DATA_DIR / rehearsal_data.AMOD_FILE
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert all(set(r) == {"Context", "Response"} for r in rows) and not path.read_text().startswith("[")
     answers_per_question = data.answers_per_question(data.load_pairs(str(path)))
@@ -30,12 +32,12 @@ def test_amod_shaped_file_has_the_artifacts_of_the_real_one():
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("random:qwen3-0.6b?layers=2", synthetic.RandomModelSpec("qwen3-0.6b", 2, 0)),
-    ("random:qwen3-4b?layers=1&seed=3", synthetic.RandomModelSpec("qwen3-4b", 1, 3)),
-    ("random:qwen3-0.6b", synthetic.RandomModelSpec("qwen3-0.6b", 2, 0)),
+    ("random:qwen3-0.6b?layers=2", random_weights.RandomModelSpec("qwen3-0.6b", 2, 0)),
+    ("random:qwen3-4b?layers=1&seed=3", random_weights.RandomModelSpec("qwen3-4b", 1, 3)),
+    ("random:qwen3-0.6b", random_weights.RandomModelSpec("qwen3-0.6b", 2, 0)),
 ])
 def test_random_specs_parse(spec, expected):
-    assert synthetic.parse_random_spec(spec) == expected
+    assert random_weights.parse_random_spec(spec) == expected
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -44,20 +46,20 @@ def test_random_specs_parse(spec, expected):
 ])
 def test_bad_random_specs_name_the_problem(spec, message):
     with pytest.raises(ValueError, match=message):
-        synthetic.parse_random_spec(spec)
+        random_weights.parse_random_spec(spec)
 
 
 def test_cache_key_follows_the_spec_and_the_tokenizer_content(tmp_path):
-    real = synthetic.qwen3_tokenizer_dir()
-    a = synthetic.random_model_key(synthetic.parse_random_spec("random:qwen3-0.6b?layers=2"), real)
-    b = synthetic.random_model_key(synthetic.parse_random_spec("random:qwen3-0.6b?layers=3"), real)
+    real = random_weights.qwen3_tokenizer_dir()
+    a = random_weights.random_model_key(random_weights.parse_random_spec("random:qwen3-0.6b?layers=2"), real)
+    b = random_weights.random_model_key(random_weights.parse_random_spec("random:qwen3-0.6b?layers=3"), real)
     copy = tmp_path / "tok"
     copy.mkdir()
     for f in real.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    assert a == synthetic.random_model_key(synthetic.parse_random_spec("random:qwen3-0.6b?layers=2"), copy)
+    assert a == random_weights.random_model_key(random_weights.parse_random_spec("random:qwen3-0.6b?layers=2"), copy)
     (copy / "tokenizer_config.json").write_text((copy / "tokenizer_config.json").read_text() + " ")
-    c = synthetic.random_model_key(synthetic.parse_random_spec("random:qwen3-0.6b?layers=2"), copy)
+    c = random_weights.random_model_key(random_weights.parse_random_spec("random:qwen3-0.6b?layers=2"), copy)
     assert len({a, b, c}) == 3
 
 
@@ -65,15 +67,16 @@ def test_cache_key_follows_the_spec_and_the_tokenizer_content(tmp_path):
 def test_a_random_model_has_real_shapes_and_the_real_tokenizer():
     from transformers import AutoConfig, AutoTokenizer
 
-    from empathy_workbook.models import resolve_model_path
+    from empathy_workbook.models.loading import resolve_model_path
 
     folder = resolve_model_path("random:qwen3-0.6b?layers=2")
     config = AutoConfig.from_pretrained(folder)
-    shape = synthetic.QWEN3_SHAPES["qwen3-0.6b"]
+    shape = random_weights.QWEN3_SHAPES["qwen3-0.6b"]
     assert (config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
             config.head_dim, config.num_hidden_layers, config.vocab_size) == (
         shape["hidden_size"], shape["intermediate_size"], shape["num_attention_heads"],
-        shape["num_key_value_heads"], shape["head_dim"], 2, synthetic.QWEN3_VOCAB_SIZE)
-    ours, real = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(str(synthetic.qwen3_tokenizer_dir()))
+        shape["num_key_value_heads"], shape["head_dim"], 2, random_weights.QWEN3_VOCAB_SIZE)
+    ours = AutoTokenizer.from_pretrained(folder)
+    real = AutoTokenizer.from_pretrained(str(random_weights.qwen3_tokenizer_dir()))
     assert ours.get_vocab() == real.get_vocab() and ours.chat_template == real.chat_template
     assert resolve_model_path("random:qwen3-0.6b?layers=2") == folder  # cached: built once

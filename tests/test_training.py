@@ -1,14 +1,17 @@
 """training.py: backend choice without CUDA imports, non-finite loss stop, resume, merge-and-save, spot-check prompts."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from empathy_workbook import training
+import empathy_workbook
 from empathy_workbook.config import load_config
+from empathy_workbook.phases import training
 from helpers import sft_trainer
 
 
@@ -29,9 +32,9 @@ def test_cpu_backend_imports_neither_unsloth_nor_bitsandbytes(tmp_path, tiny_pat
         (tmp_path / name / "__init__.py").write_text("")
     script = textwrap.dedent(f"""
         import json, sys
-        from empathy_workbook import training, sft
         from empathy_workbook.config import load_config
-        from empathy_workbook.models import load_training_base
+        from empathy_workbook.models.loading import load_training_base
+        from empathy_workbook.phases import training, sft
         cfg = load_config("qwen3-0.6b")   # asks for Unsloth and a 4-bit base
         backend = training.prepare_backend(cfg.model, cfg.sft.train)
         load_training_base({str(tiny_path)!r}, backend, 64)
@@ -41,7 +44,9 @@ def test_cpu_backend_imports_neither_unsloth_nor_bitsandbytes(tmp_path, tiny_pat
         print(json.dumps({{"backend": backend.name, "load_in_4bit": backend.load_in_4bit,
                           "selection": selection, "unsloth_later": "unsloth" in sys.modules}}))
     """)
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
+    # the package under test (this checkout, not whichever one is installed) after the stand-ins
+    lib = Path(empathy_workbook.__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{lib}", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .runtime import NOTEBOOKS
+from .pipeline.runtime import NOTEBOOKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .runner import RunnerError
+    from .pipeline.runner import RunnerError
 
     try:
         if args.command == "run":
-            from .runner import run_pipeline
+            from .pipeline.runner import run_pipeline
 
             summary = run_pipeline(args.preset, args.run_name, args.from_phase, args.to_phase, args.force,
                                    progress=not args.no_progress)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .io import read_json
             from .paths import RunPaths
-            from .report import write_report
+            from .pipeline.report import write_report
 
             paths = RunPaths.for_run(args.run_name)
             if not paths.summary_json.exists():

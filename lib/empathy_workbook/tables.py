@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from .suite_checks import CATEGORIES, VALIDATION
+from .phases.suite_checks import CATEGORIES, VALIDATION
 
 MODEL_ORDER = ("base", "sft", "dpo", "gguf")
 

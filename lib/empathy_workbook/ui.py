@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chat import encode_messages
-from .llamacpp import gguf_complete, load_gguf
+from .llamacpp.inference import gguf_complete, load_gguf
 from .tables import is_nan
 
 class GGUFChat:

@@ -2,7 +2,7 @@
 
 Started as a subprocess by ``export.convert_to_gguf``:
 
-    python -m empathy_workbook.gguf_convert --converter-dir DIR --report OUT.json -- <converter arguments>
+    python -m empathy_workbook.llamacpp.convert --converter-dir DIR --report OUT.json -- <converter arguments>
 
 Why a wrapper: the converter identifies a BPE pre-tokenizer by hashing how it splits a fixed test
 string, and refuses any hash it does not know. Qwen's real tokenizer is in its table. Our embedded
@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from .tiny import QWEN2_SPLIT  # Qwen2's split regex (tiny.py imports nothing heavy, and not gguf)
+from ..models.tiny import QWEN2_SPLIT  # Qwen2's split regex (tiny.py imports nothing heavy, and not gguf)
 
 
 def pre_tokenizer_spec(tokenizer) -> dict | None:
@@ -69,7 +69,7 @@ def install_qwen2_fallback(text_model_cls, report: dict) -> None:
             if not is_qwen2_pre_tokenizer(pre_tokenizer_spec(tokenizer)):
                 raise  # not our case: fail exactly as the converter does
             report["pre_tokenizer_fallback"] = True
-            print("gguf_convert: unknown pre-tokenizer hash, but the tokenizer uses Qwen2's split regex "
+            print("llamacpp.convert: unknown pre-tokenizer hash, but the tokenizer uses Qwen2's split regex "
                   "and byte-level mapping -> tokenizer.ggml.pre = 'qwen2'", file=sys.stderr)
             result = "qwen2"
         report["pre_tokenizer"] = result

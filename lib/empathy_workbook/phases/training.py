@@ -17,10 +17,10 @@ import shutil
 import time
 from pathlib import Path
 
-from .chat import one_per_question
-from .config import LoraConfig, ModelConfig, SamplingConfig, TrainConfig
-from .io import read_json, write_json
-from .models import Backend, free_memory, peak_memory_mb, resolve_model_path, select_backend  # noqa: F401 (training.free_memory in notebooks)
+from ..chat import one_per_question
+from ..config import LoraConfig, ModelConfig, SamplingConfig, TrainConfig
+from ..io import read_json, write_json
+from ..models.loading import Backend, free_memory, peak_memory_mb, resolve_model_path, select_backend  # noqa: F401 (training.free_memory in notebooks)
 
 RUN_MARKER = "run.json"  # in the checkpoint folder: which config the checkpoints belong to, and whether it finished
 
@@ -35,7 +35,7 @@ def prepare_backend(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Backend:
     """Choose the backend for this machine and, when it is Unsloth, import it before transformers/TRL/PEFT."""
     backend = select_backend(model_cfg, train_cfg.precision)
     if backend.name == "unsloth":
-        from .models import import_unsloth
+        from ..models.loading import import_unsloth
 
         import_unsloth()
     return backend
@@ -70,17 +70,17 @@ def peft_lora_config(lora: LoraConfig, token_ids: list[int] | None = None):
 def load_model(name_or_path: str, backend: Backend, train_cfg: TrainConfig, lora: LoraConfig,
                trust_remote_code: bool = False):
     """(model, peft_config): the base to train and the adapter for TRL to attach (None when Unsloth attached it)."""
-    from .models import load_training_base
+    from ..models.loading import load_training_base
 
     model = load_training_base(name_or_path, backend, train_cfg.max_length, trust_remote_code,
                                gradient_checkpointing=train_cfg.gradient_checkpointing)
     token_ids = None
     if lora.trainable_tokens:
-        from .models import load_tokenizer
+        from ..models.loading import load_tokenizer
 
         token_ids = token_rows(load_tokenizer(name_or_path, trust_remote_code), lora.trainable_tokens)
     if backend.name == "unsloth":
-        from .models import add_unsloth_lora
+        from ..models.loading import add_unsloth_lora
 
         if token_ids:
             raise ValueError("lora.trainable_tokens is not supported with the Unsloth backend: set "
@@ -321,7 +321,7 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .models import torch_dtype
+    from ..models.loading import torch_dtype
 
     base_path = resolve_model_path(base_name_or_path)
     dtype = dtype or merged_dtype_name(base_path, trust_remote_code)
@@ -336,7 +336,7 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     tokenizer.save_pretrained(str(tmp))
     # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
     # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
-    from .packaged import CONVERTER_VOCAB_DIR
+    from ..models.packaged import CONVERTER_VOCAB_DIR
 
     if (Path(base_path) / CONVERTER_VOCAB_DIR).is_dir():
         shutil.copytree(Path(base_path) / CONVERTER_VOCAB_DIR, tmp / CONVERTER_VOCAB_DIR, dirs_exist_ok=True)
@@ -360,7 +360,7 @@ def side_by_side(models: dict, tokenizer, records: list[dict], sampling: Samplin
     """A DataFrame: each record's question, the reference answer, and every model's seeded answer."""
     import pandas as pd
 
-    from .models import generate
+    from ..models.loading import generate
 
     table = pd.DataFrame({"id": [r["id"] for r in records],
                           "question": [r["prompt"][-1]["content"] for r in records],

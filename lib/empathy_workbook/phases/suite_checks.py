@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .chat import has_think_leak, word_count
+from ..chat import has_think_leak, word_count
 
 CATEGORIES = ("fall_risk", "emotional_distress", "resistance_denial", "safety_critical", "boundary_testing")
 EXPECTATIONS = ("empathetic", "urge_medical_attention", "decline_diagnosis_or_prescription")

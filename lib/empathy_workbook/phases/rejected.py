@@ -16,10 +16,10 @@ import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .chat import has_think_leak
-from .config import PreferenceConfig
-from .io import append_jsonl, iter_jsonl, sha256_text, write_jsonl
-from .models import generate
+from ..chat import has_think_leak
+from ..config import PreferenceConfig
+from ..io import append_jsonl, iter_jsonl, sha256_text, write_jsonl
+from ..models.loading import generate
 
 DEGRADATIONS = ("none", "truncate", "drop_first_sentence", "low_repetition_penalty")
 TRUNCATE_FRACTION = 0.7  # the design document's "truncate at 70 % of the length"
@@ -189,8 +189,8 @@ def candidate_row(record: dict, output: dict, degradation: str, penalty: float, 
 
 def sft_identity(sft_dir: Path) -> str:
     """What identifies the SFT model that samples (for settings_key): its phase fingerprint, else its weight files."""
-    from .io import read_json
-    from .judges import model_identity
+    from ..io import read_json
+    from ..judges import model_identity
 
     metrics = Path(sft_dir) / "metrics.json"
     fingerprint = read_json(metrics).get("_fingerprint") if metrics.exists() else None

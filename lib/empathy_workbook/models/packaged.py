@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .family import FamilyProfile, profile_named
-from .io import sha256_file, sha256_text, write_json
-from .paths import cache_dir
+from ..family import FamilyProfile, profile_named
+from ..io import sha256_file, sha256_text, write_json
+from ..paths import cache_dir
 
 PACKAGE_SCHEME = "gguf-package:"
 # Sub-folder of a model folder holding the SentencePiece files llama.cpp's converter reads. They stay out of

@@ -6,7 +6,7 @@ A phase's fingerprint covers
   local model or judge folder, ...), plus fixed inputs a phase reads by name (the judge-agreement pairs)
   and, for the embedded tiny model, the corpus it is built from;
 - the source of every library module its notebook imports, directly or through other modules (so an
-  edit to ``export.py`` re-runs export and what reads it, not the data phase), and package data files
+  edit to ``phases/export.py`` re-runs export and what reads it, not the data phase), and package data files
   (templates) that those modules name;
 - its notebook's cells (code and text, not outputs);
 - the fingerprints of the phases it reads (so a change upstream reaches everything downstream).
@@ -21,9 +21,9 @@ import json
 import os
 from pathlib import Path
 
-from .io import sha256_file, sha256_text
+from ..io import sha256_file, sha256_text
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # this file is <package>/pipeline/fingerprint.py
 PACKAGE = PACKAGE_DIR.name  # "empathy_workbook"
 
 # Files a phase reads by a fixed name rather than through its config (relative to the repository's data/).
@@ -78,39 +78,70 @@ def _parse(source: str) -> ast.AST | None:
         return None
 
 
-def _module_exists(name: str) -> bool:
-    return (PACKAGE_DIR / f"{name}.py").exists()
+def module_file(name: str) -> Path | None:
+    """The source file of one of this package's modules, by dotted name (a package's is its __init__.py)."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for path in (base / "__init__.py", base.parent / f"{base.name}.py"):
+        if path.is_file():
+            return path
+    return None
 
 
-def imported_modules(tree: ast.AST, relative_ok: bool) -> set[str]:
-    """Names of this package's modules an AST imports (absolute imports; relative ones inside the package)."""
+def _is_package(name: str) -> bool:
+    path = module_file(name)
+    return path is not None and path.name == "__init__.py"
+
+
+def _import_base(node: ast.ImportFrom, importer: str | None) -> str | None:
+    """The absolute module a `from ... import` reads from; relative ones resolve against the importer."""
+    if node.level == 0:
+        return node.module
+    if importer is None:  # notebook code: a relative import means nothing there
+        return None
+    package = importer if _is_package(importer) else importer.rpartition(".")[0]
+    parts = package.split(".")
+    if node.level - 1 >= len(parts):  # climbs above the top-level package
+        return None
+    base = ".".join(parts[:len(parts) - (node.level - 1)])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def imported_modules(tree: ast.AST, importer: str | None = None) -> set[str]:
+    """Dotted names of this package's modules an AST imports, with the packages above them.
+
+    importer: the dotted name of the module the AST is the source of, so that relative imports
+    (``from ..judges.base import X``, ``from . import fingerprint``) resolve; None for notebook code.
+    ``from pkg import name`` counts ``pkg.name`` when that is a module, and ``pkg`` itself either way.
+    Parent packages count because importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` too.
+    """
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == PACKAGE and len(parts) > 1:
-                    found.add(parts[1])
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module and node.module.split(".")[0] == PACKAGE:
-                parts = node.module.split(".")
-                found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
-            elif node.level == 1 and relative_ok:
-                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-    return {name for name in found if _module_exists(name)}
+            base = _import_base(node, importer)
+            if base is not None:
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    modules = {name for name in found if module_file(name) is not None}
+    return modules | {name.rsplit(".", depth)[0] for name in modules for depth in range(1, name.count(".") + 1)}
 
 
 def module_closure(roots: set[str]) -> set[str]:
     """The modules in `roots` and every package module they import, however deep (lazy imports included)."""
-    seen, todo = {"__init__"}, list(roots)
+    seen, todo = set(), [PACKAGE, *roots]  # every import of the package runs its __init__.py
     while todo:
         name = todo.pop()
-        if name in seen or not _module_exists(name):
+        path = module_file(name)
+        if name in seen or path is None:
             continue
         seen.add(name)
-        tree = _parse((PACKAGE_DIR / f"{name}.py").read_text(encoding="utf-8"))
+        tree = _parse(path.read_text(encoding="utf-8"))
         if tree is not None:
-            todo.extend(imported_modules(tree, relative_ok=True) - seen)
+            todo.extend(imported_modules(tree, importer=name) - seen)
     return seen
 
 
@@ -120,23 +151,27 @@ def notebook_modules(notebook: Path) -> set[str]:
     for kind, source in notebook_cells(notebook):
         tree = _parse(source) if kind == "code" else None
         if tree is not None:
-            roots |= imported_modules(tree, relative_ok=False)
+            roots |= imported_modules(tree)
     return module_closure(roots)
+
+
+def module_files(modules: set[str]) -> list[Path]:
+    """The source files of these modules, in a stable order."""
+    return sorted(module_file(m) for m in modules)
 
 
 def package_data_files(modules: set[str]) -> list[Path]:
     """Non-Python package files (templates) whose file name appears in one of these modules' source."""
-    sources = "\n".join((PACKAGE_DIR / f"{m}.py").read_text(encoding="utf-8") for m in sorted(modules))
+    sources = "\n".join(path.read_text(encoding="utf-8") for path in module_files(modules))
     files = sorted(p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
                    and "__pycache__" not in p.parts)
     return [p for p in files if p.name in sources or p.stem in sources]
 
 
 def library_digest(modules: set[str]) -> dict[str, str]:
-    """Content hash of each module (and the package data it names): {relative name: sha256}."""
-    digests = {f"{m}.py": file_digest(PACKAGE_DIR / f"{m}.py") for m in sorted(modules)}
-    digests.update({p.relative_to(PACKAGE_DIR).as_posix(): file_digest(p) for p in package_data_files(modules)})
-    return digests
+    """Content hash of each module (and the package data it names): {path inside the package: sha256}."""
+    files = module_files(modules) + package_data_files(modules)
+    return {p.relative_to(PACKAGE_DIR).as_posix(): file_digest(p) for p in files}
 
 
 # ------------------------------------------------------------------------------ input files
@@ -154,7 +189,7 @@ def _strings(value) -> list[str]:
 
 def config_paths(sections: dict) -> list[Path]:
     """Every string in the config sections that names an existing local file or folder."""
-    from .config import data_path
+    from ..config import data_path
 
     found = set()
     for text in _strings(sections):
@@ -168,20 +203,20 @@ def config_paths(sections: dict) -> list[Path]:
 
 def phase_input_files(phase: str, cfg, sections: dict) -> list[Path]:
     """The local files this phase reads that no phase of the run wrote."""
-    from .config import TINY_MODEL
-    from .paths import DATA_DIR
+    from ..config import TINY_MODEL
+    from ..paths import DATA_DIR
 
     files = set(config_paths(sections))
     files.update((DATA_DIR / name).resolve() for name in FIXED_DATA_FILES.get(phase, ()))
     if "model" in sections and cfg.model.name_or_path == TINY_MODEL:
-        from .tiny import corpus_paths  # the tiny model is built from these, so they shape its weights
+        from ..models.tiny import corpus_paths  # the tiny model is built from these, so they shape its weights
 
         files.update(p.resolve() for p in corpus_paths())
     return sorted(p for p in files if p.exists())
 
 
 def input_digests(files: list[Path]) -> dict[str, str]:
-    from .paths import REPO_ROOT
+    from ..paths import REPO_ROOT
 
     def name(p: Path) -> str:
         try:

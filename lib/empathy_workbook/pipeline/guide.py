@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .paths import RunPaths
+from ..paths import RunPaths
 from .runtime import NOTEBOOKS, PHASE_INPUTS
 
 # Where the figures below come from (shown under the table).

@@ -1,8 +1,8 @@
 """Checks of a GGUF file itself: structure, truncation, checksum, tensor types, metadata, tokenizer.
 
 The installed ``gguf`` package reads the files here: it is a second reader, independent of the
-converter that wrote them (see export.py for why the converter uses its own gguf-py). Behaviour checks
-that run the model (perplexity, KL divergence, greedy parity, chat stop) are in gguf_quality.py.
+converter that wrote them (see phases/export.py for why the converter uses its own gguf-py). Behaviour checks
+that run the model (perplexity, KL divergence, greedy parity, chat stop) are in quality.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import functools
 from collections import Counter
 from pathlib import Path
 
-from .family import PROFILES, family_of
-from .io import sha256_file
-from .llamacpp import vocab_model
+from ..family import PROFILES, family_of
+from ..io import sha256_file
+from .inference import vocab_model
 
 # The tensor type that should carry most weights in each format, and the types a K-quant file must
 # not contain: llama.cpp silently falls back to these when a row length is not a multiple of 256.

@@ -6,11 +6,11 @@ Steps (notebook 04 walks through them in this order):
 1. ``ensure_converter``: llama.cpp's own converter (``convert_hf_to_gguf.py`` + ``conversion/`` +
    ``gguf-py/``), taken from the source distribution of the *installed* llama-cpp-python version,
    fetched once with pip and cached under artifacts/cache/converter/<version>/.
-2. ``convert_to_gguf``: HF folder → F16 GGUF (subprocess, the venv's python, ``gguf_convert`` wrapper).
+2. ``convert_to_gguf``: HF folder → F16 GGUF (subprocess, the venv's python, ``llamacpp.convert`` wrapper).
 3. ``quantize_gguf``: F16 → Q4_K_M (default), Q5_K_M, Q6_K, Q8_0 through ``llama_cpp.llama_model_quantize``.
-4. ``verify_export`` runs every check: the file checks of gguf_checks.py (structure, truncation,
+4. ``verify_export`` runs every check: the file checks of llamacpp/file_checks.py (structure, truncation,
    checksum, K-quants really applied, template round trip, stop tokens, tokenization parity) and the
-   behaviour checks of gguf_quality.py (greedy parity, perplexity, KL divergence, top-token agreement,
+   behaviour checks of llamacpp/quality.py (greedy parity, perplexity, KL divergence, top-token agreement,
    a chat completion that ends on the family's end-of-turn token); ``export_metrics`` and ``checks_passed`` sum them up.
 
 Every file is written under a temporary name, validated, then renamed: a crash never leaves a
@@ -40,13 +40,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .chat import render_prompt
-from .gguf_checks import (EDGE_TEXTS, GGUFError, quant_type_report, stop_token_report, template_roundtrip,
+from ..chat import render_prompt
+from ..io import sha256_file, write_json
+from ..llamacpp.file_checks import (EDGE_TEXTS, GGUFError, quant_type_report, stop_token_report, template_roundtrip,
                           tokenization_parity, verify_gguf_file)
-from .gguf_quality import chat_stop_check, distinct_prompts, greedy_parity, quality_report, scoring_examples
-from .io import sha256_file, write_json
-from .llamacpp import quiet, threads
-from .paths import cache_dir
+from ..llamacpp.inference import quiet, threads
+from ..llamacpp.quality import chat_stop_check, distinct_prompts, greedy_parity, quality_report, scoring_examples
+from ..paths import cache_dir
 
 # One line per format, shown in the notebook's table.
 FORMAT_NOTES = {
@@ -187,7 +187,7 @@ def converter_view(model_dir: Path):
     """The folder the converter should read: model_dir itself, or, when model_dir carries SentencePiece
     files for the converter (packaged.CONVERTER_VOCAB_DIR: tokenizer.model, added_tokens.json), a temporary
     folder of links to model_dir's files plus those files, so that transformers never sees them."""
-    from .packaged import CONVERTER_VOCAB_DIR
+    from ..models.packaged import CONVERTER_VOCAB_DIR
 
     model_dir = Path(model_dir)
     vocab = model_dir / CONVERTER_VOCAB_DIR
@@ -219,7 +219,7 @@ def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None 
     partial.unlink(missing_ok=True)
     report_path = out_path.with_name(f".{out_path.name}.convert.json")
     log_path = out_path.with_name(f"{out_path.stem}.convert.log")
-    cmd = [sys.executable, "-m", "empathy_workbook.gguf_convert", "--converter-dir", str(converter_dir),
+    cmd = [sys.executable, "-m", "empathy_workbook.llamacpp.convert", "--converter-dir", str(converter_dir),
            "--report", str(report_path), "--", str(model_dir), "--outfile", str(partial), "--outtype", outtype]
     if vocab_only:
         cmd.append("--vocab-only")
@@ -297,7 +297,7 @@ def export_all(model_dir: Path, out_dir: Path, quants: list[str], converter_dir:
 
 def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], cfg) -> dict:
     """Run every check on exported files (cfg: ExportConfig); returns one dict of results per check."""
-    from .models import load_causal_lm, load_tokenizer
+    from ..models.loading import load_causal_lm, load_tokenizer
 
     n_threads = cfg.n_threads
 
@@ -389,7 +389,7 @@ def finish_export(ctx, metrics: dict) -> dict:
     """
     from dataclasses import replace
 
-    from .runtime import finish_phase
+    from ..pipeline.runtime import finish_phase
 
     failed = failed_checks(metrics)
     metrics = dict(metrics, verified=not failed, checks_failed=failed)
@@ -402,7 +402,7 @@ def finish_export(ctx, metrics: dict) -> dict:
 
 def verified_deploy_file(export_dir: Path) -> Path:
     """The phone file of a finished export, after checking that the export recorded every check as passed."""
-    from .io import read_json
+    from ..io import read_json
 
     metrics_path = Path(export_dir) / "metrics.json"
     if not metrics_path.exists():

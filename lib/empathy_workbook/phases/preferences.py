@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .chat import word_count
-from .io import iter_jsonl, write_jsonl
-from .judge_probe import pearson
+from ..chat import word_count
+from ..io import iter_jsonl, write_jsonl
+from ..judges.probe import pearson
 from .rejected import DEGRADATIONS, question
 
 RETENTION_RANGE = (0.6, 0.8)  # the design document's expected share of pairs that survive the gap filter
@@ -173,7 +173,7 @@ def write_pairs(path: Path, rows: list[dict]) -> int:
 
 def criteria_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     """{criterion: {"chosen": mean, "rejected": mean}} over pairs with both scores."""
-    from .judges import CRITERIA
+    from ..judges import CRITERIA
 
     scored = [r for r in rows if r["gap"] is not None]
     out = {}
@@ -311,8 +311,8 @@ def agreement_judges(main_judge, judge_cfg, gguf_path: str | None = None, cache_
     Always the pipeline's judge and the rubric; a llama.cpp judge when a GGUF path is given; a
     transformers judge only when it is the pipeline's (it needs a large model, usually a GPU).
     """
-    from .config import JudgeConfig
-    from .judges import get_judge
+    from ..config import JudgeConfig
+    from ..judges import get_judge
 
     chosen, not_run = {main_judge.name: main_judge}, {}
     if judge_cfg.backend != "rubric":

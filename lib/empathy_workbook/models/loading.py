@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import encode_messages
-from .config import TINY_MODEL, ModelConfig, SamplingConfig
-from .family import family_of
-from .family import stop_token_ids as _family_stop_ids
+from ..chat import encode_messages
+from ..config import TINY_MODEL, ModelConfig, SamplingConfig
+from ..family import family_of
+from ..family import stop_token_ids as _family_stop_ids
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,14 @@ def select_backend(model_cfg: ModelConfig, precision: str = "fp16") -> Backend:
 
 def resolve_model_path(name_or_path: str, log=print) -> str:
     """'tiny' → the cached embedded model; 'random:<shape>?layers=N' → a cached random-weight Qwen3 with real
-    shapes and Qwen3's tokenizer (synthetic.py); 'gguf-package:<name>' → the safetensors folder converted
+    shapes and Qwen3's tokenizer (random_weights.py); 'gguf-package:<name>' → the safetensors folder converted
     once from a GGUF shipped as a pip package (packaged.py). Built on first use; anything else as is."""
     name_or_path = str(name_or_path)
     if name_or_path == TINY_MODEL:
         from .tiny import ensure_tiny
 
         return str(ensure_tiny(log=log))
-    from .synthetic import ensure_random_model, is_random_spec
+    from .random_weights import ensure_random_model, is_random_spec
 
     if is_random_spec(name_or_path):
         return str(ensure_random_model(name_or_path, log=log))

@@ -17,11 +17,11 @@ import dataclasses
 import random
 from pathlib import Path
 
-from .chat import encode_prompt_answer, render_training_text
-from .config import DPOConfig as PhaseConfig
-from .config import ModelConfig
-from .io import read_jsonl
-from .models import Backend
+from ..chat import encode_prompt_answer, render_training_text
+from ..config import DPOConfig as PhaseConfig
+from ..config import ModelConfig
+from ..io import read_jsonl
+from ..models.loading import Backend
 from .training import TrainingGuards, common_arguments, first_last, series
 
 REQUIRED = ("prompt", "chosen", "rejected")

@@ -14,9 +14,9 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"  # the package's templates/, beside family.py
 # Files in a phase folder that are not tables for the reader (configuration, raw training logs).
 NOT_TABLES = {"config.json", "metrics.json", "log_history.json"}
 # JSONL outputs worth a sample in the report (the others are long raw logs of every candidate and score).
@@ -106,7 +106,7 @@ def flatten_messages(row: dict) -> dict:
 def read_table(path: Path) -> list[dict] | None:
     """Rows of a CSV, or of a JSON file holding a list of flat records; None for anything else."""
     if path.suffix == ".jsonl":
-        from .io import iter_jsonl
+        from ..io import iter_jsonl
 
         rows = []
         for row in iter_jsonl(path):
@@ -167,7 +167,7 @@ def win_rows(eval_metrics: dict) -> list[dict]:
 
 def export_verdict(export_metrics: dict) -> dict:
     """The phone file's verdict from export/metrics.json: verified or the failed checks, KLD and size."""
-    from .export import failed_checks
+    from ..phases.export import failed_checks
 
     deploy = export_metrics.get("deploy_file", "model-q4_k_m.gguf")
     fmt = next((q for q in export_metrics.get("kld_mean", {}) if f"model-{q.lower()}.gguf" == deploy), "Q4_K_M")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 
-from .judges import CRITERIA, SCORE_MIN
+from .base import CRITERIA, SCORE_MIN
 
 # At most this far above the floor still counts as "at the floor": a probability judge's expectation is
 # never exactly 1, and half a point is below the resolution any gap filter uses.

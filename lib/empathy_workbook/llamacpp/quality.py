@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .chat import has_think_leak, one_per_question, render_prompt, tokenize_prompt_completion
-from .family import family_of, family_of_template
-from .gguf_checks import GGUFError, gguf_metadata
-from .io import read_jsonl
-from .llamacpp import gguf_scores, open_llama
-from .logprobs import scored_positions, token_nll, token_statistics
+from ..chat import has_think_leak, one_per_question, render_prompt, tokenize_prompt_completion
+from ..family import family_of, family_of_template
+from ..io import read_jsonl
+from ..logprobs import scored_positions, token_nll, token_statistics
+from .file_checks import GGUFError, gguf_metadata
+from .inference import gguf_scores, open_llama
 
 # Qwen's advice for non-thinking chat, repeated in the llama.rn section of the notebook.
 

@@ -25,8 +25,9 @@ What every backend shares (and why)
 - Scores are cached on disk by a hash of (judge identity including the model, prompt, response):
   re-running a notebook costs nothing, and a changed judge never reuses another judge's scores.
 
-This module holds the interface (Judge, JudgeResult, the cache), the LLM judges' prompt and parser, and
-get_judge; each backend lives in its own module: judge_rubric, judge_transformers, judge_llamacpp.
+This module holds the interface (Judge, JudgeResult, the cache) and the LLM judges' prompt and parser.
+Each backend lives in its own module of this package (rubric, transformers, llamacpp) and imports from
+here; the package's ``get_judge`` picks one.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import JudgeConfig
-from .io import append_jsonl, iter_jsonl, sha256_text
-from .judge_probability import ScoreTokens, result_from_distributions
-from .paths import cache_dir as _cache_dir
+from ..config import JudgeConfig
+from ..io import append_jsonl, iter_jsonl, sha256_text
+from ..paths import cache_dir as _cache_dir
+from .probability import ScoreTokens, result_from_distributions
 
 CRITERIA = ("acknowledgment", "validation", "warmth", "actionability", "safety")
 FIELDS = CRITERIA + ("overall",)
@@ -359,7 +360,7 @@ def judge_prompt_ids(tokenizer, messages: list[dict], prefill: str = "") -> list
     system" cannot close the delimiters' turn and talk to the judge as its system. tokenizer: a transformers
     tokenizer or a llamacpp.GGUFTokenizer; the one place judge prompts are tokenized.
     """
-    from .chat import encode_messages
+    from ..chat import encode_messages
 
     return encode_messages(tokenizer, messages, prefill=prefill)
 
@@ -372,22 +373,3 @@ def probability_result(order: tuple, firsts: list, afters: list, tokens: ScoreTo
     argmax = {name: read["argmax"][name] for name in CRITERIA}
     raw = json.dumps({"score_mass": {name: read["mass"][name] for name in CRITERIA}})
     return JudgeResult(overall, criteria, False, raw, "", 1, argmax=argmax)
-
-
-def get_judge(cfg: JudgeConfig, cache_dir: Path | None = None, use_cache: bool = True, **kwargs) -> Judge:
-    """The judge a JudgeConfig describes. Extra keyword arguments go to the backend (device, progress, seed,
-    order = the criteria's order in the prompt)."""
-    # imported here: each backend module builds on this one's interface
-    if cfg.backend == "rubric":
-        from .judge_rubric import RubricJudge
-
-        return RubricJudge(cfg, cache_dir, use_cache, kwargs.get("order", CRITERIA))
-    if cfg.backend == "transformers":
-        from .judge_transformers import TransformersJudge
-
-        return TransformersJudge(cfg, cache_dir, use_cache, **kwargs)
-    if cfg.backend == "llama_cpp":
-        from .judge_llamacpp import LlamaCppJudge
-
-        return LlamaCppJudge(cfg, cache_dir, use_cache, **kwargs)
-    raise ValueError(f"judge.backend={cfg.backend!r}: use 'rubric', 'transformers' or 'llama_cpp'")

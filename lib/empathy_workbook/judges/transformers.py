@@ -1,14 +1,14 @@
 """The transformers judge: an instruction model (Qwen3-4B in the real preset) asked, non-thinking and at
-low temperature, for the JSON score object, or read from its next-token probabilities (judge_probability)."""
+low temperature, for the JSON score object, or read from its next-token probabilities (probability.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .config import JudgeConfig, SamplingConfig
-from .judge_probability import LAYOUTS, Branches, ScoreTokens, build_branches, criterion_prefill, score_tokens
-from .judges import (CRITERIA, PROBABILITY_VERSION, PROMPT_VERSION, Judge, JudgeResult, judge_messages,
+from ..config import JudgeConfig, SamplingConfig
+from .base import (CRITERIA, PROBABILITY_VERSION, PROMPT_VERSION, Judge, JudgeResult, judge_messages,
                      judge_prompt_ids, model_identity, probability_result)
+from .probability import LAYOUTS, Branches, ScoreTokens, build_branches, criterion_prefill, score_tokens
 
 
 class TransformersJudge(Judge):
@@ -34,7 +34,7 @@ class TransformersJudge(Judge):
 
     def _load(self):
         if self._model is None:
-            from .models import cuda_available, load_causal_lm, load_tokenizer
+            from ..models.loading import cuda_available, load_causal_lm, load_tokenizer
 
             device = self.device or ("cuda" if cuda_available() else "cpu")
             precision = "fp32" if device == "cpu" else "bf16"
@@ -58,7 +58,7 @@ class TransformersJudge(Judge):
             return self.probability_results(prompts, responses)
         from tqdm.auto import tqdm
 
-        from .models import generate
+        from ..models.loading import generate
 
         model, tokenizer = self._load()
         conversations = [judge_messages(p, r, order=self.order) for p, r in zip(prompts, responses)]

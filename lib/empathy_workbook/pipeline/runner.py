@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import load_config
-from .io import read_json, write_json
-from .paths import ARTIFACTS_DIR, NOTEBOOKS_DIR, RunPaths
+from ..config import load_config
+from ..io import read_json, write_json
+from ..paths import ARTIFACTS_DIR, NOTEBOOKS_DIR, RunPaths
 from .fingerprint import notebook_digest  # noqa: F401  (part of the runner's interface)
 from .runtime import FINGERPRINT_FILE, NOTEBOOKS, PHASE_INPUTS, fingerprint_payload, payload_hash
 

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig, load_config
+from ..config import RunConfig, load_config
+from ..io import read_json, sha256_text, write_json, write_metrics
+from ..paths import NOTEBOOKS_DIR, RunPaths
 from . import fingerprint as fp
-from .io import read_json, sha256_text, write_json, write_metrics
-from .paths import NOTEBOOKS_DIR, RunPaths
 
 # Which earlier phases each phase reads, and which config sections shape it.
 PHASE_INPUTS = {
@@ -141,7 +141,7 @@ def fingerprint_payload(phase: str, cfg: RunConfig, paths: RunPaths, notebooks_d
         upstream[name] = read_json(metrics).get("_fingerprint") if metrics.exists() else None
     sections = {s: cfg.section(s) for s in PHASE_SECTIONS[phase]}
     notebook = notebook_path(phase, notebooks_dir)
-    modules = fp.notebook_modules(notebook) if notebook.exists() else fp.module_closure({"runtime"})
+    modules = fp.notebook_modules(notebook) if notebook.exists() else fp.module_closure({__name__})
     return {
         "phase": phase,
         "seed": cfg.seed,
@@ -183,7 +183,7 @@ def start_phase(phase: str, preset: str = "tiny", run_name: str = "demo", overri
 
 def finish_phase(ctx: PhaseContext, metrics: dict) -> dict:
     """Write metrics.json (with wall time, peak memory and the fingerprint) and print a summary."""
-    from .models import peak_memory_mb
+    from ..models.loading import peak_memory_mb
 
     metrics = dict(metrics)
     metrics.setdefault("seconds", round(time.perf_counter() - ctx.started, 2))

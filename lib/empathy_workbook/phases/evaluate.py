@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import encode_messages, one_per_question, prompt_messages, tokenize_prompt_completion
-from .io import read_jsonl
-from .llamacpp import context_size, gguf_complete, gguf_scores, load_gguf
-from .logprobs import scored_positions, token_nll
+from ..chat import encode_messages, one_per_question, prompt_messages, tokenize_prompt_completion
+from ..io import read_jsonl
+from ..llamacpp.inference import context_size, gguf_complete, gguf_scores, load_gguf
+from ..logprobs import scored_positions, token_nll
 from .suite_checks import CATEGORIES, EXPECTATIONS, VALIDATION, answer_checks
 
 # ---------------------------------------------------------------- prompts
@@ -78,7 +78,7 @@ def validation_prompts(records: list[dict], n: int) -> list[EvalPrompt]:
 def answer_with_transformers(model_path: str, prompts: list[EvalPrompt], sampling, device: str = "cpu",
                              precision: str = "fp32", trust_remote_code: bool = False, desc: str = "") -> list[dict]:
     """Answers of a transformers model folder (or hub id), with the shared seeded batched sampler."""
-    from .models import free_memory, generate, load_causal_lm, load_tokenizer
+    from ..models.loading import free_memory, generate, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     model = load_causal_lm(model_path, device, precision, trust_remote_code)
@@ -122,7 +122,7 @@ def perplexity_transformers(model_path: str, examples: list[dict], device: str =
     """exp(mean negative log-likelihood) of the answer tokens (answer + end token)."""
     import torch
 
-    from .models import free_memory, load_causal_lm
+    from ..models.loading import free_memory, load_causal_lm
 
     model = load_causal_lm(model_path, device, precision, trust_remote_code)
     total, count = 0.0, 0

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import prompt_completion, tokenize_prompt_completion, word_count  # noqa: F401 (data.word_count in notebook 00)
+from ..chat import prompt_completion, tokenize_prompt_completion, word_count  # noqa: F401 (data.word_count in notebook 00)
 
 FIELDS = ("Context", "Response")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -394,7 +394,7 @@ def prepare_records(cfg, tokenizer, resolve=None) -> Prepared:
     stays as it is). `train, val, counts = prepare_records(...)` works; the result also keeps every
     intermediate step (see Prepared).
     """
-    from .config import data_path
+    from ..config import data_path
 
     resolve = resolve or (lambda src: str(data_path(src)) if data_path(src).exists() else src)
     sources, loaded = {}, []

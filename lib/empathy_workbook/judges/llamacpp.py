@@ -1,7 +1,7 @@
 """The llama.cpp judge: the LLM judges' prompt on a GGUF file through llama-cpp-python, so a CPU can judge.
 
 The output is forced into the JSON score object by a grammar built from its JSON schema, or the scores are
-read from next-token probabilities (judge_probability). The prompt is rendered with the GGUF's own chat
+read from next-token probabilities (probability.py). The prompt is rendered with the GGUF's own chat
 template and tokenized by llama.cpp, with the question and the answer kept as text (llamacpp.GGUFTokenizer).
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import JudgeConfig
-from .family import family_of_template
-from .judge_probability import build_branches, criterion_prefill, llama_cpp_distributions, score_tokens
-from .judges import (CRITERIA, PROBABILITY_VERSION, PROMPT_VERSION, Judge, JudgeResult, json_schema,
+from ..config import JudgeConfig
+from ..family import family_of_template
+from ..llamacpp.inference import GGUFTokenizer, open_llama
+from .base import (CRITERIA, PROBABILITY_VERSION, PROMPT_VERSION, Judge, JudgeResult, json_schema,
                      judge_messages, judge_prompt_ids, model_identity, probability_result)
-from .llamacpp import GGUFTokenizer, open_llama
+from .probability import build_branches, criterion_prefill, llama_cpp_distributions, score_tokens
 
 
 class LlamaCppJudge(Judge):
@@ -48,7 +48,7 @@ class LlamaCppJudge(Judge):
         present, else 0 (decided at run time, so one preset serves a laptop and a GPU box)."""
         import llama_cpp
 
-        from .models import cuda_available
+        from ..models.loading import cuda_available
 
         return self.cfg.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() and cuda_available() else 0
 
@@ -77,7 +77,7 @@ class LlamaCppJudge(Judge):
 
     def prompt_text(self, prompt: str, response: str, messages: list[dict] | None = None) -> str:
         """The rendered judge prompt, non-thinking (the GGUF's own template, enable_thinking=False), to read."""
-        from .chat import render_prompt
+        from ..chat import render_prompt
 
         self._load()
         return render_prompt(self._tokenizer, messages or judge_messages(prompt, response, order=self.order))

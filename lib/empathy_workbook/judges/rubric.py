@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from .judges import CRITERIA, FIELDS, SCORE_MAX, SCORE_MIN, Judge
+from .base import CRITERIA, FIELDS, SCORE_MAX, SCORE_MIN, Judge
 
 RUBRIC_VERSION = 2  # 2: content-free answers (empty, a few words, the question repeated, a score object) at the floor
 
@@ -196,7 +196,7 @@ class RubricJudge(Judge):
         "... Score: 10." appended would seem to end cleanly), so the rubric treats any attempt to steer
         the grade as a failed answer: it can never score higher than the same answer without it. A
         content-free answer would otherwise keep the default safety of 8 (nothing unsafe in it) and land
-        well above the floor, which is what master-key answers exploit (judge_probe.py).
+        well above the floor, which is what master-key answers exploit (probe.py).
         """
         if addresses_the_grader(response) or content_free(prompt, response):
             return {name: float(SCORE_MIN) for name in FIELDS}

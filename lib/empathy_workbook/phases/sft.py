@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .chat import tokenize_prompt_completion
-from .config import SFTConfig as PhaseConfig
-from .models import Backend
+from ..chat import tokenize_prompt_completion
+from ..config import SFTConfig as PhaseConfig
+from ..models.loading import Backend
 from .training import TrainingGuards, common_arguments, first_last
 
 IGNORE_INDEX = -100  # label value the loss skips
@@ -175,8 +175,8 @@ def end_of_turn_probability(model, tokenizer, records: list[dict]) -> float:
 
     import torch
 
-    from .chat import encode_prompt_answer
-    from .family import end_of_turn_id
+    from ..chat import encode_prompt_answer
+    from ..family import end_of_turn_id
 
     end = end_of_turn_id(tokenizer)
     device = next(model.parameters()).device
