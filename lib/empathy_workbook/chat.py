@@ -95,7 +95,7 @@ def encode_messages(tokenizer, messages: list[dict], add_generation_prompt: bool
     render_prompt's text (a test checks it with Qwen3's real tokenizer). prefill is the caller's own text
     that begins the reply (a judge's '{"warmth": '): it is tokenized together with the template's end, as
     it would be in the whole rendered string. Any object with the three calls used here works as the
-    tokenizer (llamacpp.GGUFTokenizer puts llama.cpp's behind them).
+    tokenizer (llamacpp.inference.GGUFTokenizer puts llama.cpp's behind them).
     """
     slots = [dict(m, content=_SLOT.format(i)) for i, m in enumerate(messages)]
     rendered = tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=add_generation_prompt,

@@ -16,7 +16,7 @@ import yaml
 
 from .paths import CONFIGS_DIR, DATA_DIR
 
-TINY_MODEL = "tiny"  # sentinel: the embedded model built by `empathy_workbook.tiny`
+TINY_MODEL = "tiny"  # sentinel: the embedded model built by `empathy_workbook.models.tiny`
 
 SFT_BATCHING = ("padded", "length_grouped", "padding_free")
 

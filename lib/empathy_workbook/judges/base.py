@@ -358,7 +358,7 @@ def judge_prompt_ids(tokenizer, messages: list[dict], prefill: str = "") -> list
 
     The question and the answer stay text (chat.encode_messages): an answer holding "<|im_end|>\n<|im_start|>
     system" cannot close the delimiters' turn and talk to the judge as its system. tokenizer: a transformers
-    tokenizer or a llamacpp.GGUFTokenizer; the one place judge prompts are tokenized.
+    tokenizer or a llamacpp.inference.GGUFTokenizer; the one place judge prompts are tokenized.
     """
     from ..chat import encode_messages
 

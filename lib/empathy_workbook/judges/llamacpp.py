@@ -2,7 +2,7 @@
 
 The output is forced into the JSON score object by a grammar built from its JSON schema, or the scores are
 read from next-token probabilities (probability.py). The prompt is rendered with the GGUF's own chat
-template and tokenized by llama.cpp, with the question and the answer kept as text (llamacpp.GGUFTokenizer).
+template and tokenized by llama.cpp, with the question and the answer kept as text (llamacpp.inference.GGUFTokenizer).
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ def check_model_dir(model_dir: Path) -> None:
 @contextlib.contextmanager
 def converter_view(model_dir: Path):
     """The folder the converter should read: model_dir itself, or, when model_dir carries SentencePiece
-    files for the converter (packaged.CONVERTER_VOCAB_DIR: tokenizer.model, added_tokens.json), a temporary
+    files for the converter (models.packaged.CONVERTER_VOCAB_DIR: tokenizer.model, added_tokens.json), a temporary
     folder of links to model_dir's files plus those files, so that transformers never sees them."""
     from ..models.packaged import CONVERTER_VOCAB_DIR
 
