@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .pipeline.runtime import NOTEBOOKS
+from .registry import NOTEBOOKS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 ARTIFACTS_DIR = Path(os.environ.get("EWB_ARTIFACTS", REPO_ROOT / "artifacts"))
 CACHE_DIR = ARTIFACTS_DIR / "cache"
 
-PHASES = ("data", "sft", "preferences", "dpo", "export", "eval")
+from .registry import PHASES, check_phase  # noqa: F401  (PHASES: part of this module's interface)
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,7 @@ class RunPaths:
         return cls((artifacts or ARTIFACTS_DIR) / "runs" / run_name)
 
     def phase(self, name: str) -> Path:
-        if name not in PHASES:
-            raise ValueError(f"unknown phase {name!r}: one of {PHASES}")
+        check_phase(name)
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -22,12 +22,11 @@ import os
 from pathlib import Path
 
 from ..io import sha256_file, sha256_text
+# Files a phase reads by a fixed name rather than through its config (relative to data/), declared per phase.
+from ..registry import FIXED_DATA_FILES
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # this file is <package>/pipeline/fingerprint.py
 PACKAGE = PACKAGE_DIR.name  # "empathy_workbook"
-
-# Files a phase reads by a fixed name rather than through its config (relative to the repository's data/).
-FIXED_DATA_FILES = {"preferences": ["judge_pairs.jsonl"]}
 
 _file_hashes: dict[tuple, str] = {}
 

@@ -4,39 +4,19 @@ which earlier notebook it needs (with whether that one has run).
     first_screen("dpo", preset, run_name)   # right after the parameters cell, before start_phase
 
 The durations are quoted, not measured here: each one names where it comes from, so a learner can
-tell a measurement from an estimate. Update them in PHASE_DURATIONS when the README is re-measured.
+tell a measurement from an estimate. Update them in registry.py when the README is re-measured.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..paths import RunPaths
-from .runtime import NOTEBOOKS, PHASE_INPUTS
+from ..registry import NOTEBOOKS, PHASE_DURATIONS, PHASE_INPUTS, Duration  # noqa: F401  (names tests import from here)
 
 # Where the figures below come from (shown under the table).
 CPU_SOURCE = ("README 'Running the pipeline': a forced tiny-preset run with an empty cache, "
               "2 idle CPU cores, 2026-12-02")
 GPU_SOURCE = ("the design document's RTX 5090 estimates for the qwen3-0.6b preset, as quoted in the README's "
               "Performance section; not measured by this project")
-
-
-@dataclass(frozen=True)
-class Duration:
-    """How long one notebook takes: measured on CPU with the tiny preset, estimated on a GPU for the real run."""
-
-    cpu_tiny: str
-    gpu_real: str
-
-
-PHASE_DURATIONS = {
-    "data": Duration("95 s (most of it builds the tiny model once; later runs reuse it)", "not estimated"),
-    "sft": Duration("59 s", "30–60 min"),
-    "preferences": Duration("20 s", "120–240 min, with judging"),
-    "dpo": Duration("30 s", "20–40 min"),
-    "export": Duration("29 s", "5–10 min"),
-    "eval": Duration("23 s (without the widgets)", "not estimated"),
-}
 
 
 def direct_inputs(phase: str) -> list[str]:

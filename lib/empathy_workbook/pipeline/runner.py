@@ -4,7 +4,7 @@
     run_pipeline("tiny", "demo", from_phase="dpo")  # reuse 00-02 as they are, re-run 03 onward
     run_pipeline("tiny", "demo", force=True)      # re-run everything
 
-This module is the only place that knows the order of the phases (runtime.NOTEBOOKS). Executed
+The order of the phases comes from registry.py. Executed
 copies go to artifacts/runs/<run>/notebooks/; at the end summary.json and report.html are written,
 also when a notebook fails (the summary then names the notebook and the cell).
 
@@ -27,9 +27,10 @@ from ..config import load_config
 from ..io import read_json, write_json
 from ..paths import ARTIFACTS_DIR, NOTEBOOKS_DIR, RunPaths
 from .fingerprint import notebook_digest  # noqa: F401  (part of the runner's interface)
-from .runtime import FINGERPRINT_FILE, NOTEBOOKS, PHASE_INPUTS, fingerprint_payload, payload_hash
+from ..registry import NOTEBOOKS, PHASE_INPUTS, PHASES, upstream
+from .runtime import FINGERPRINT_FILE, fingerprint_payload, payload_hash
 
-PHASE_ORDER = list(NOTEBOOKS)  # data, sft, preferences, dpo, export, eval
+PHASE_ORDER = list(PHASES)  # data, sft, preferences, dpo, export, eval
 # Parameters the runner passes besides preset and run_name. The evaluation notebook has widgets
 # (a viewer, a chat box) that need a live frontend; under papermill it shows static tables instead.
 EXTRA_PARAMETERS = {"eval": {"interactive": False}}
@@ -87,13 +88,7 @@ class RunPlan:
 
 def ancestors(phase: str) -> list[str]:
     """The phase and every phase it reads, directly or through another phase, in pipeline order."""
-    seen, todo = set(), [phase]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(PHASE_INPUTS[name])
-    return [p for p in PHASE_ORDER if p in seen]
+    return upstream(phase, include_self=True)
 
 
 # ---------------------------------------------------------------- parameters

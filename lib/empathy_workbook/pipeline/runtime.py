@@ -21,35 +21,12 @@ from pathlib import Path
 from ..config import RunConfig, load_config
 from ..io import read_json, sha256_text, write_json, write_metrics
 from ..paths import NOTEBOOKS_DIR, RunPaths
+from ..registry import NOTEBOOKS, PHASE_INPUTS, PHASE_SECTIONS, upstream  # noqa: F401  (names notebooks/tests import from here)
 from . import fingerprint as fp
 
-# Which earlier phases each phase reads, and which config sections shape it.
-PHASE_INPUTS = {
-    "data": [],
-    "sft": ["data"],
-    "preferences": ["data", "sft"],
-    "dpo": ["data", "sft", "preferences"],
-    "export": ["data", "dpo"],
-    "eval": ["data", "sft", "dpo", "export"],
-}
-PHASE_SECTIONS = {
-    "data": ["model", "data"],
-    "sft": ["model", "sft"],
-    "preferences": ["preferences"],
-    "dpo": ["model", "dpo"],
-    "export": ["export"],
-    "eval": ["model", "eval"],
-}
+# Which earlier phases each phase reads, which config sections shape it, its notebook: see registry.py.
 # What a phase's fingerprint was made from, written beside its outputs so the runner can say what changed.
 FINGERPRINT_FILE = "fingerprint.json"
-NOTEBOOKS = {
-    "data": "00_prepare_data.ipynb",
-    "sft": "01_sft_lora.ipynb",
-    "preferences": "02_preference_pairs.ipynb",
-    "dpo": "03_dpo.ipynb",
-    "export": "04_export_gguf.ipynb",
-    "eval": "05_evaluate.ipynb",
-}
 
 
 @dataclass
@@ -96,13 +73,7 @@ class MissingPhaseError(FileNotFoundError):
 
 def require_inputs(phase: str, paths: RunPaths) -> None:
     """Raise MissingPhaseError when a phase this one reads (directly or through another) has not finished."""
-    needed, todo = set(), list(PHASE_INPUTS[phase])
-    while todo:
-        name = todo.pop()
-        if name not in needed:
-            needed.add(name)
-            todo.extend(PHASE_INPUTS[name])
-    missing = [p for p in NOTEBOOKS if p in needed and not (paths.root / p / "metrics.json").exists()]
+    missing = [p for p in upstream(phase) if not (paths.root / p / "metrics.json").exists()]
     if missing:
         raise MissingPhaseError(phase, missing, paths)
 
