@@ -28,9 +28,9 @@ gemma: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
-## Unit tests only (no notebook execution).
+## Unit tests only: no notebook or runner execution, no training (under 5 minutes on 2 cores).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not smoke"
+	$(PY) -m pytest -q -m "not slow and not smoke and not browser and not notebooks"
 
 ## JupyterLab on the project's virtual environment (installed by setup; its kernel is .venv's python3).
 lab: $(STAMP)

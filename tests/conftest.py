@@ -9,6 +9,18 @@ TINY_RUN = "ci-tiny"  # the one tiny run a test session makes (tiny_summary)
 from empathy_workbook.config import load_config
 
 
+# Fixtures that start papermill kernels (the tiny run, the runner's workspaces). A test that requests one,
+# directly or through another fixture, executes notebooks, so it is marked `notebooks` here rather than by
+# hand: `make test-fast` deselects the marker and cannot start a kernel by a forgotten decorator.
+NOTEBOOK_FIXTURES = {"tiny_summary", "tiny_run", "workspace", "repo"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if NOTEBOOK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.notebooks)
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     """The tiny preset, resolved."""

@@ -66,6 +66,7 @@ def test_fork_run_copies_finished_phases_only(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.notebooks
 def test_opening_03_before_02_prints_one_line(tmp_path, monkeypatch):
     """Notebook 03 executed on an empty run: the first screen shows 02 as not run, then one line, no traceback."""
     import papermill

@@ -82,11 +82,10 @@ def test_judge_ranks_sft_above_base_with_intervals(metrics):
     assert rates["n"] >= 30 and rates["win_rate"] is not None
 
 
-def test_dpo_reports_held_out_reward_accuracy_and_margin(metrics):
-    dpo = metrics["dpo"]
-    assert 0.0 <= dpo["eval_reward_accuracy"] <= 1.0
-    assert dpo["eval_reward_margin_first"] == 0.0  # the implicit reference is the SFT model itself
-    assert isinstance(dpo["eval_reward_margin_last"], float)
+def test_dpo_held_out_margin_starts_at_zero(metrics):
+    # Before the first step the policy is the reference (the SFT model), so a non-zero first margin means
+    # DPO compared against some other model.
+    assert metrics["dpo"]["eval_reward_margin_first"] == 0.0
 
 
 def test_export_writes_k_quants_with_measured_quality_and_token_parity(metrics):

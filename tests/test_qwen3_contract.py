@@ -112,7 +112,7 @@ def test_judge_prompts_keep_an_injected_answer_as_text(qwen):
 def test_generation_and_dpo_tokenize_through_the_safe_path(qwen):
     from empathy_workbook.models import loading as models
     from empathy_workbook.phases import dpo
-    from test_real_path_fixes import RecordingModel
+    from test_cuda_path_mocked import RecordingModel
     from empathy_workbook.config import SamplingConfig
 
     messages = chat.prompt_messages(DEFAULT_SYSTEM_PROMPT, INJECTION)

@@ -1,4 +1,5 @@
-"""Fixes of the real (qwen3-0.6b, CUDA) path, tested on the CPU: CUDA, bitsandbytes and Unsloth are mocked."""
+"""The real (qwen3-0.6b, CUDA) path's choices tested on the CPU with CUDA, bitsandbytes and Unsloth mocked:
+precision, 8-bit optimizer fallback, 4-bit loading for DPO, sampling flags, the CUDA build of llama.cpp."""
 
 import importlib.util
 import subprocess
