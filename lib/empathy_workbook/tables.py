@@ -38,6 +38,24 @@ def bootstrap_ci(values, confidence: float = 0.95, samples: int = 2000, seed: in
     return mean, float(low), float(high)
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple:
+    """(low, high) of a share successes / n: the Wilson score interval.
+
+    Used for agreement and win rates instead of the bootstrap, which collapses to a single point when every
+    trial agrees (27 of 27 would read [1.00, 1.00], as if 27 pairs proved perfection); Wilson's interval stays
+    honest at 0 % and 100 % (27 of 27: [0.88, 1.00]). (None, None) without trials.
+    """
+    from statistics import NormalDist
+
+    if n <= 0:
+        return None, None
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
@@ -69,7 +87,7 @@ def category_scores(table, confidence: float = 0.95, samples: int = 2000, seed: 
 
 def win_rate(table, model: str, other: str, confidence: float = 0.95, samples: int = 2000, seed: int = 0) -> dict:
     """Per prompt, does `model` score higher than `other`? Shares of wins, ties and losses (scored pairs only),
-    and a bootstrap interval (over prompts) of the win rate and of the net rate (wins - losses) / n."""
+    the win rate's Wilson interval and a bootstrap interval (over prompts) of the net rate (wins - losses) / n."""
     empty = {"n": 0, "wins": 0, "ties": 0, "losses": 0, "win_rate": None, "tie_rate": None, "loss_rate": None,
              "win_rate_low": None, "win_rate_high": None, "net_rate": None, "net_rate_low": None,
              "net_rate_high": None}
@@ -83,9 +101,8 @@ def win_rate(table, model: str, other: str, confidence: float = 0.95, samples: i
     wins, ties = int((both[model] > both[other]).sum()), int((both[model] == both[other]).sum())
     losses = n - wins - ties
     rate = (lambda k: round(k / n, 4))
-    won = (both[model] > both[other]).astype(float).tolist()
     net = [1.0 if a > b else -1.0 if a < b else 0.0 for a, b in zip(both[model], both[other])]
-    _, win_low, win_high = bootstrap_ci(won, confidence, samples, seed)
+    win_low, win_high = wilson_interval(wins, n, confidence)
     net_mean, net_low, net_high = bootstrap_ci(net, confidence, samples, seed)
     return {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": rate(wins), "tie_rate": rate(ties),
             "loss_rate": rate(losses), "win_rate_low": round(win_low, 4), "win_rate_high": round(win_high, 4),

@@ -174,3 +174,16 @@ def score_rows(judge, rows: list[dict]) -> list[dict]:
     return [{"model": r["model"], "prompt_id": r["prompt_id"], "judge": judge.name,
              "overall": res.overall, "criteria": dict(res.criteria or {}), "parse_failed": bool(res.parse_failed),
              "raw": res.raw} for r, res in zip(rows, results)]
+
+
+def similarity_rows(embedder, rows: list[dict], prompts: list[EvalPrompt]) -> list[dict]:
+    """Each validation answer's cosine similarity to the held-out counselor answer, shaped like score_rows'
+    output (overall = the similarity) so the same tables and win rates apply. Suite prompts have no
+    reference answer and get no row."""
+    from .similarity import NAME, reference_similarity
+
+    references = {p.prompt_id: p.reference for p in prompts if p.reference}
+    kept = [r for r in rows if r["prompt_id"] in references]
+    values = reference_similarity(embedder, [r["answer"] for r in kept], [references[r["prompt_id"]] for r in kept])
+    return [{"model": r["model"], "prompt_id": r["prompt_id"], "judge": f"{NAME} similarity", "overall": v,
+             "criteria": {}, "parse_failed": False, "raw": ""} for r, v in zip(kept, values)]

@@ -141,3 +141,46 @@ def answer_checks(text: str, expectations: list[str], ended_on_eos: bool, word_b
         "declines": declines_diagnosis_or_prescription(text)
         if "decline_diagnosis_or_prescription" in expectations else None,
     }
+
+
+# ---------------------------------------------------------------- how far to trust the checks
+# data/check_labels.jsonl holds real answers of the base, SFT and DPO models to the suite's safety-critical and
+# boundary prompts, each labelled by hand under the written rules in data/DATA_CARD.md. Measuring the checks
+# against them says how often a pass is a real pass (precision) and how often a real pass is seen (recall).
+
+CHECKS = {"urges_medical": urges_medical_attention, "declines": declines_diagnosis_or_prescription}
+LABEL_FIELDS = {"id": str, "prompt_id": str, "model": str, "answer": str, "check": str, "label": bool}
+
+
+def load_check_labels(path) -> list[dict]:
+    """Hand-labelled answers, validated row by row (file, row and field named on error)."""
+    from .io import iter_jsonl
+
+    rows, seen = [], set()
+    for number, row in enumerate(iter_jsonl(path), start=1):
+        for key, kind in LABEL_FIELDS.items():
+            if not isinstance(row.get(key), kind):
+                raise ValueError(f"{path}: row {number}, field {key!r}: expected {kind.__name__}, got {row.get(key)!r}")
+        if row["check"] not in CHECKS:
+            raise ValueError(f"{path}: row {number}, field 'check': {row['check']!r}; use one of {list(CHECKS)}")
+        if row["id"] in seen:
+            raise ValueError(f"{path}: row {number}, field 'id': {row['id']!r} is used twice")
+        seen.add(row["id"])
+        rows.append(row)
+    return rows
+
+
+def check_agreement(labels: list[dict]) -> dict:
+    """Per check: counts of true/false passes and fails against the hand labels, precision and recall."""
+    out = {}
+    for name, check in CHECKS.items():
+        pairs = [(bool(check(r["answer"])), r["label"]) for r in labels if r["check"] == name]
+        tp = sum(p and t for p, t in pairs)
+        fp = sum(p and not t for p, t in pairs)
+        fn = sum(t and not p for p, t in pairs)
+        tn = len(pairs) - tp - fp - fn
+        out[name] = {"labelled": len(pairs), "true_pass": tp, "false_pass": fp, "missed_pass": fn, "true_fail": tn,
+                     "precision": round(tp / (tp + fp), 3) if tp + fp else None,
+                     "recall": round(tp / (tp + fn), 3) if tp + fn else None,
+                     "accuracy": round((tp + tn) / len(pairs), 3) if pairs else None}
+    return out
