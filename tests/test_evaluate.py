@@ -153,10 +153,22 @@ def fake_table():
 
 def test_win_rates_count_wins_ties_losses_on_scored_prompts():
     rates = tables.win_rates(fake_table())
-    assert rates["dpo_vs_sft"] == {"n": 4, "wins": 2, "ties": 2, "losses": 0, "win_rate": 0.5,
-                                   "tie_rate": 0.5, "loss_rate": 0.0}
+    counts = {k: rates["dpo_vs_sft"][k] for k in ("n", "wins", "ties", "losses", "win_rate", "tie_rate", "loss_rate")}
+    assert counts == {"n": 4, "wins": 2, "ties": 2, "losses": 0, "win_rate": 0.5, "tie_rate": 0.5, "loss_rate": 0.0}
+    # 2 wins of 4: Wilson's 95 % interval is [0.15, 0.85]; the net rate (2 - 0) / 4 has a bootstrap interval
+    assert (rates["dpo_vs_sft"]["win_rate_low"], rates["dpo_vs_sft"]["win_rate_high"]) == (0.1500, 0.8500)
+    assert rates["dpo_vs_sft"]["net_rate"] == 0.5 and 0 <= rates["dpo_vs_sft"]["net_rate_low"] <= 0.5
     assert rates["sft_vs_base"]["n"] == 3  # the parse failure is left out, not counted as a loss
     assert rates["gguf_vs_dpo"]["n"] == 0 and rates["gguf_vs_dpo"]["win_rate"] is None
+
+
+def test_wilson_interval_stays_honest_at_the_edges():
+    """27 agreements of 27 do not prove perfection: the bootstrap would say [1, 1], Wilson says [0.88, 1]."""
+    low, high = tables.wilson_interval(27, 27)
+    assert round(low, 2) == 0.88 and high == 1.0
+    low, high = tables.wilson_interval(0, 10)
+    assert low < 1e-9 and round(high, 2) == 0.28
+    assert tables.wilson_interval(0, 0) == (None, None)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_handles_edge_cases():
