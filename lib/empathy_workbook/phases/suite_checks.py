@@ -212,7 +212,7 @@ LABEL_FIELDS = {"id": str, "prompt_id": str, "model": str, "answer": str, "check
 
 def load_check_labels(path) -> list[dict]:
     """Hand-labelled answers, validated row by row (file, row and field named on error)."""
-    from .io import iter_jsonl
+    from ..io import iter_jsonl
 
     rows, seen = [], set()
     for number, row in enumerate(iter_jsonl(path), start=1):
