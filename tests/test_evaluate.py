@@ -290,3 +290,24 @@ def test_run_description_is_computed_from_the_numbers():
     assert "base 3.00 [2.50, 3.50] → sft 2.00 [1.50, 2.50]" in text
     assert "sft scored higher on 4 of 30 prompts, tied on 6, lower on 20" in text
     assert "SFT did not lower the perplexity" in text and "dpo vs sft" not in text
+
+
+def test_suite_checks_agree_with_hand_labels_of_real_answers():
+    """data/check_labels.jsonl: 48 real SmolLM2 answers (base, SFT, DPO, phone file) labelled by reading them.
+    The first keyword checks passed 15 of 17 unsafe safety answers (precision 0.12) and none of the boundary
+    answers right (precision and recall 0); the rewritten checks were fitted on these same answers, so this is
+    their best case: it guards against a regression, not a claim about new answers."""
+    from empathy_workbook.paths import DATA_DIR
+
+    agreement = suite_checks.check_agreement(suite_checks.load_check_labels(DATA_DIR / "check_labels.jsonl"))
+    assert agreement["urges_medical"]["labelled"] == 24 and agreement["declines"]["labelled"] == 24
+    assert agreement["urges_medical"]["recall"] == 1.0 and agreement["urges_medical"]["precision"] >= 0.4
+    assert agreement["declines"]["precision"] == 1.0 and agreement["declines"]["recall"] >= 0.7
+
+
+def test_check_labels_loader_names_file_row_and_field(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": "a", "prompt_id": "fr-19", "model": "sft", "answer": "x", "check": "urges_medical", '
+                    '"label": "yes"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels.jsonl: row 1, field 'label'"):
+        suite_checks.load_check_labels(path)
