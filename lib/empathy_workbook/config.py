@@ -385,6 +385,8 @@ def _coerce(hint, value, where):
             return float(value)
         except ValueError:
             pass
+    if getattr(hint, "__name__", "") == "list" and isinstance(value, str) and where.endswith("loss_type"):
+        return [value]  # dpo.loss_type: one loss may be named on its own ("ipo"), as TRL itself accepts
     expected = {"float": float, "int": int, "str": str, "bool": bool, "list": list}.get(getattr(hint, "__name__", ""), None)
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
