@@ -2,7 +2,7 @@
 # Each creates .venv and installs the project first when needed.
 PY := .venv/bin/python
 STAMP := .venv/.installed
-PRESET ?= tiny
+PRESET ?= smollm2-135m
 RUN ?= demo
 
 .PHONY: demo test test-fast smoke lab bench clean-run setup gemma
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 
 setup: $(STAMP)
 
-## Run the whole pipeline (notebooks 00-05) on the embedded tiny model.
+## Run the whole pipeline (notebooks 00-05) on the default preset: SmolLM2-135M-Instruct (PRESET=tiny: the embedded toy model).
 demo: $(STAMP)
 	@if [ "$(PRESET)" = "gemma3-270m" ]; then $(MAKE) --no-print-directory gemma; fi
 	$(PY) -m empathy_workbook run --preset $(PRESET) --run $(RUN)

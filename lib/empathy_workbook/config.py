@@ -241,7 +241,10 @@ class DPOConfig:
     train: TrainConfig = _help("optimizer and schedule",
                                factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5, batch_size=2, grad_accum=8))
     beta: float = _help("strength of the pull toward the reference (0.01-0.5)", 0.1)
-    loss_type: str = _help("TRL DPO loss: 'sigmoid' (the DPO paper), 'ipo', 'hinge', ...", "sigmoid")
+    loss_type: list = _help("TRL DPO loss(es): ['sigmoid'] (the DPO paper), ['ipo'], ['hinge'], or a combination such "
+                            "as ['sigmoid', 'sft'] (DPO plus the chosen answers' SFT loss: TRL's remedy for a small "
+                            "model that DPO degrades); a single name is accepted too", factory=lambda: ["sigmoid"])
+    loss_weights: list = _help("one weight per loss type ([] = 1.0 each), e.g. [1.0, 0.5]", factory=list)
     load_in_4bit: bool = _help("load the merged SFT model in 4-bit for DPO (CUDA + bitsandbytes): less memory, but the "
                                "implicit reference is then the 4-bit copy, not exactly the SFT model", False)
     heldout_fraction: float = _help("share of pairs (from validation prompts) kept for evaluation", 0.1)
@@ -250,6 +253,12 @@ class DPOConfig:
 
     def __post_init__(self):
         _require(self.beta > 0, f"dpo.beta={self.beta} must be positive")
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        _require(bool(self.loss_type) and all(isinstance(t, str) and t for t in self.loss_type),
+                 f"dpo.loss_type={self.loss_type!r}: name at least one TRL loss, e.g. ['sigmoid']")
+        _require(not self.loss_weights or len(self.loss_weights) == len(self.loss_type),
+                 f"dpo.loss_weights={self.loss_weights} needs one weight per loss type {self.loss_type}")
         _require(not self.lora.trainable_tokens,
                  "dpo.lora.trainable_tokens must be empty: token rows are taught in SFT (sft.lora.trainable_tokens), "
                  "and DPO starts from the merged SFT model that carries them")
@@ -376,6 +385,8 @@ def _coerce(hint, value, where):
             return float(value)
         except ValueError:
             pass
+    if getattr(hint, "__name__", "") == "list" and isinstance(value, str) and where.endswith("loss_type"):
+        return [value]  # dpo.loss_type: one loss may be named on its own ("ipo"), as TRL itself accepts
     expected = {"float": float, "int": int, "str": str, "bool": bool, "list": list}.get(getattr(hint, "__name__", ""), None)
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")

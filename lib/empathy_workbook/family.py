@@ -34,6 +34,8 @@ class FamilyProfile:
     template: str  # file in templates/ written by this project for the family
     lora_targets: tuple[str, ...] = DECODER_PROJECTIONS
     sampling: dict = field(default_factory=dict)  # the family's published chat sampling advice
+    # text the model's own template writes when a chat has no system message; this project's template never does
+    default_system: str = ""
 
     @property
     def stop_words(self) -> list[str]:
@@ -67,7 +69,21 @@ GEMMA3 = FamilyProfile(
     sampling={"temperature": 1.0, "top_p": 0.95, "top_k": 64, "min_p": 0.0},
 )
 
-PROFILES = (QWEN3, GEMMA3)
+# ChatML turns without a think block, on a Llama-architecture model: SmolLM2's instruct models. It shares
+# <|im_start|>, <|im_end|> and <|endoftext|> with Qwen3, so tokens alone cannot tell the two apart: the think
+# token (in Qwen3's vocabulary, absent from SmolLM2's) and the model type do.
+CHATML = FamilyProfile(
+    name="chatml", model_types=("llama",),
+    end_of_turn="<|im_end|>", pad="<|endoftext|>", also_stop=("<|endoftext|>",), bos="",
+    turn_start="<|im_start|>{role}\n", assistant_role="assistant", system_as_turn=True, think_block=False,
+    template="chatml.jinja",
+    # SmolLM2's authors suggest a low temperature and top-p for chat; T 0.7 / top-p 0.8 measured well on the suite
+    sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0},
+    default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+)
+
+PROFILES = (QWEN3, GEMMA3, CHATML)
+THINK_TOKEN = "<think>"  # present in the vocabulary of exactly the families that have think_block
 
 
 class UnknownFamilyError(ValueError):
@@ -90,25 +106,39 @@ def profile_for_model_type(model_type: str) -> FamilyProfile:
                              f"({ {p.name: p.model_types for p in PROFILES} }): add a FamilyProfile in family.py")
 
 
-def _has_token(tokenizer, token: str) -> bool:
+def has_token(tokenizer, token: str) -> bool:
+    """Is `token` one entry of the vocabulary? (Compared by text: in SmolLM2's vocabulary the unknown token
+    is <|endoftext|> itself, so "not the unknown id" would call a real token missing.)"""
     token_id = tokenizer.convert_tokens_to_ids(token)
-    return token_id is not None and token_id >= 0 and token_id != tokenizer.unk_token_id
+    return token_id is not None and token_id >= 0 and tokenizer.convert_ids_to_tokens(token_id) == token
 
 
-def family_of(tokenizer) -> FamilyProfile:
-    """The profile whose end-of-turn token this tokenizer has (the token a chat model must stop on).
+def matching_profiles(tokenizer, model_type: str | None = None) -> list[FamilyProfile]:
+    """Every profile this tokenizer (and, when given, config.model_type) fits.
+
+    A profile fits when the vocabulary has its end-of-turn and pad tokens, has the think token exactly when
+    the profile writes a think block, and (when a model type is given) the model type is the profile's.
+    """
+    has_think = has_token(tokenizer, THINK_TOKEN)
+    return [p for p in PROFILES
+            if has_token(tokenizer, p.end_of_turn) and has_token(tokenizer, p.pad)
+            and has_think == p.think_block and (model_type is None or model_type in p.model_types)]
+
+
+def family_of(tokenizer, model_type: str | None = None) -> FamilyProfile:
+    """The one profile this tokenizer fits (tokens, think token; the model type too when given).
 
     The answer is cached on the tokenizer object: phases ask this for every example.
     """
     cached = getattr(tokenizer, "_empathy_family", None)
-    if cached is not None:
+    if cached is not None and (model_type is None or model_type in cached.model_types):
         return cached
-    matches = [p for p in PROFILES if _has_token(tokenizer, p.end_of_turn) and _has_token(tokenizer, p.pad)]
+    matches = matching_profiles(tokenizer, model_type)
     if len(matches) != 1:
-        wanted = {p.name: (p.end_of_turn, p.pad) for p in PROFILES}
-        raise UnknownFamilyError(f"{type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '?')}) has the "
-                                 f"end-of-turn and pad tokens of {[p.name for p in matches] or 'no'} family; "
-                                 f"looked for {wanted}")
+        wanted = {p.name: (p.end_of_turn, p.pad, f"think token: {p.think_block}", p.model_types) for p in PROFILES}
+        raise UnknownFamilyError(f"{type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '?')}"
+                                 f"{', model type ' + model_type if model_type else ''}) fits "
+                                 f"{[p.name for p in matches] or 'no'} family; looked for {wanted}")
     try:
         tokenizer._empathy_family = matches[0]
     except AttributeError:  # a tokenizer that refuses new attributes: just don't cache
@@ -128,9 +158,10 @@ def end_of_turn_id(tokenizer) -> int:
 
 
 def family_of_template(template: str) -> FamilyProfile:
-    """The profile whose end-of-turn token a chat template writes (for GGUF files, which carry the template)."""
-    matches = [p for p in PROFILES if p.end_of_turn in template]
+    """The profile whose end-of-turn token a chat template writes, with a think block exactly when the
+    profile has one (for GGUF files, which carry the template)."""
+    matches = [p for p in PROFILES if p.end_of_turn in template and (THINK_TOKEN in template) == p.think_block]
     if len(matches) != 1:
-        raise UnknownFamilyError(f"the chat template writes the end-of-turn token of {[p.name for p in matches] or 'no'} "
-                                 f"family; looked for {[p.end_of_turn for p in PROFILES]}")
+        raise UnknownFamilyError(f"the chat template fits {[p.name for p in matches] or 'no'} family; looked for "
+                                 f"{ {p.name: (p.end_of_turn, f'think block: {p.think_block}') for p in PROFILES} }")
     return matches[0]

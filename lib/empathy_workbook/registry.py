@@ -50,8 +50,8 @@ PHASE_LIST = (
           ("manifest.json", "quality.csv", "answers_side_by_side.csv"),
           Duration("29 s", "5–10 min")),
     Phase("eval", "05_evaluate.ipynb", ("model", "eval"), ("data", "sft", "dpo", "export"),
-          ("answers.jsonl", "scores.jsonl", "category_scores.csv", "side_by_side.csv"),
-          Duration("23 s (without the widgets)", "not estimated")),
+          ("answers.jsonl", "scores.jsonl", "similarity_scores.jsonl", "category_scores.csv", "side_by_side.csv"),
+          Duration("23 s (without the widgets)", "not estimated"), data_files=("judge_pairs.jsonl", "check_labels.jsonl")),
 )
 
 REGISTRY = {p.name: p for p in PHASE_LIST}

@@ -38,6 +38,24 @@ def bootstrap_ci(values, confidence: float = 0.95, samples: int = 2000, seed: in
     return mean, float(low), float(high)
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple:
+    """(low, high) of a share successes / n: the Wilson score interval.
+
+    Used for agreement and win rates instead of the bootstrap, which collapses to a single point when every
+    trial agrees (27 of 27 would read [1.00, 1.00], as if 27 pairs proved perfection); Wilson's interval stays
+    honest at 0 % and 100 % (27 of 27: [0.88, 1.00]). (None, None) without trials.
+    """
+    from statistics import NormalDist
+
+    if n <= 0:
+        return None, None
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
@@ -67,26 +85,36 @@ def category_scores(table, confidence: float = 0.95, samples: int = 2000, seed: 
     return pd.DataFrame(rows)
 
 
-def win_rate(table, model: str, other: str) -> dict:
-    """Per prompt, does `model` score higher than `other`? Shares of wins, ties and losses (scored pairs only)."""
+def win_rate(table, model: str, other: str, confidence: float = 0.95, samples: int = 2000, seed: int = 0) -> dict:
+    """Per prompt, does `model` score higher than `other`? Shares of wins, ties and losses (scored pairs only),
+    the win rate's Wilson interval and a bootstrap interval (over prompts) of the net rate (wins - losses) / n."""
+    empty = {"n": 0, "wins": 0, "ties": 0, "losses": 0, "win_rate": None, "tie_rate": None, "loss_rate": None,
+             "win_rate_low": None, "win_rate_high": None, "net_rate": None, "net_rate_low": None,
+             "net_rate_high": None}
     wide = table.pivot(index="prompt_id", columns="model", values="score")
     if model not in wide or other not in wide:
-        return {"n": 0, "wins": 0, "ties": 0, "losses": 0, "win_rate": None, "tie_rate": None, "loss_rate": None}
+        return empty
     both = wide[[model, other]].dropna()
     n = len(both)
+    if not n:
+        return empty
     wins, ties = int((both[model] > both[other]).sum()), int((both[model] == both[other]).sum())
     losses = n - wins - ties
-    rate = (lambda k: round(k / n, 4) if n else None)
+    rate = (lambda k: round(k / n, 4))
+    net = [1.0 if a > b else -1.0 if a < b else 0.0 for a, b in zip(both[model], both[other])]
+    win_low, win_high = wilson_interval(wins, n, confidence)
+    net_mean, net_low, net_high = bootstrap_ci(net, confidence, samples, seed)
     return {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": rate(wins), "tie_rate": rate(ties),
-            "loss_rate": rate(losses)}
+            "loss_rate": rate(losses), "win_rate_low": round(win_low, 4), "win_rate_high": round(win_high, 4),
+            "net_rate": round(net_mean, 4), "net_rate_low": round(net_low, 4), "net_rate_high": round(net_high, 4)}
 
 
 WIN_PAIRS = (("dpo", "sft"), ("sft", "base"), ("dpo", "base"), ("gguf", "dpo"))
 
 
-def win_rates(table) -> dict:
+def win_rates(table, confidence: float = 0.95, samples: int = 2000, seed: int = 0) -> dict:
     """Win rates of each model over the one before it (and of the phone file over its source)."""
-    return {f"{a}_vs_{b}": win_rate(table, a, b) for a, b in WIN_PAIRS}
+    return {f"{a}_vs_{b}": win_rate(table, a, b, confidence, samples, seed) for a, b in WIN_PAIRS}
 
 
 def _rate(values) -> float | None:

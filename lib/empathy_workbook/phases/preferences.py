@@ -17,6 +17,7 @@ from ..chat import word_count
 from ..io import iter_jsonl, write_jsonl
 from ..judges.probe import pearson
 from .rejected import DEGRADATIONS, question
+from ..tables import wilson_interval
 
 RETENTION_RANGE = (0.6, 0.8)  # the design document's expected share of pairs that survive the gap filter
 
@@ -277,9 +278,13 @@ def judge_agreement(judge, pairs: list[dict], progress: bool = True, gap: float 
     counts = Counter(r["outcome"] for r in rows)
     scored = n - counts["parse_failure"]
     margins = [r["better"] - r["worse"] for r in rows if r["outcome"] != "parse_failure"]
+    # the interval says how far 27 hand-written pairs pin the agreement down
+    low, high = wilson_interval(counts["agree"], scored)
     summary = {"judge": judge.name, "pairs": n, "agree": counts["agree"], "ties": counts["tie"],
                "disagree": counts["disagree"], "parse_failures": counts["parse_failure"],
                "agreement": round(counts["agree"] / scored, 3) if scored else None,
+               "agreement_low": None if low is None else round(low, 3),
+               "agreement_high": None if high is None else round(high, 3),
                "mean_margin": round(sum(margins) / len(margins), 3) if margins else None}
     if gap is not None:
         summary["clears_gap"] = sum(m >= gap for m in margins)

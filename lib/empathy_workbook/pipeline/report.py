@@ -227,6 +227,23 @@ def headline(summary: dict) -> dict:
                      "answer": "yes" if (wins.get("win_rate") or 0) > (wins.get("loss_rate") or 0) else "no",
                      "detail": f"wins {_percent(wins.get('win_rate'))}, ties {_percent(wins.get('tie_rate'))}, "
                                f"losses {_percent(wins.get('loss_rate'))} of {wins.get('n')} prompts"})
+    signal_wins = ((eval_m.get("independent_signal") or {}).get("win_rates") or {}).get("dpo_vs_sft")
+    if signal_wins and signal_wins.get("n"):
+        rows.append({"question": "Does DPO beat SFT (independent signal: closeness to the counselor's answer)?",
+                     "answer": "yes" if (signal_wins.get("win_rate") or 0) > (signal_wins.get("loss_rate") or 0) else "no",
+                     "detail": f"wins {_percent(signal_wins.get('win_rate'))} "
+                               f"[{_percent(signal_wins.get('win_rate_low'))}, {_percent(signal_wins.get('win_rate_high'))}], "
+                               f"losses {_percent(signal_wins.get('loss_rate'))} of {signal_wins.get('n')} held-out questions"})
+    agreement = eval_m.get("judge_agreement")
+    if agreement:
+        rows.append({"question": "How far can the judge be trusted (hand-written pairs it ranks right)?",
+                     "answer": _percent(agreement.get("agreement")),
+                     "detail": f"{agreement.get('agree')} of {agreement.get('pairs')}, interval "
+                               f"[{_percent(agreement.get('agreement_low'))}, {_percent(agreement.get('agreement_high'))}]"})
+    for check, row in (eval_m.get("check_agreement") or {}).items():
+        rows.append({"question": f"How far can the {check} check be trusted (vs hand labels)?",
+                     "answer": f"precision {_percent(row.get('precision'))}",
+                     "detail": f"recall {_percent(row.get('recall'))} on {row.get('labelled')} labelled real answers"})
     if prefs:
         low, high = prefs.get("retention_range") or DESIGN_RETENTION
         retention = prefs.get("retention")
