@@ -16,11 +16,15 @@ from empathy_workbook.phases.data import Pair
     ("Rest well. Email me at jane.doe@example.org with questions.", "email", "Rest well."),
     ("Rest well. Call (555) 123-4567 to talk.", "phone", "Rest well."),
     ("Rest well. Call +1 555 246 8100 today.", "phone", "Rest well."),
+    ("Rest well. My office line is 555-0123.", "phone", "Rest well."),
+    ("Rest well. You can call 555 0123 any evening.", "phone", "Rest well."),
     ("It helps to talk. I offer a free 15-minute consultation, so reach out.", "promotion", "It helps to talk."),
     ("It helps to talk. Please visit my website to book a session.", "promotion", "It helps to talk."),
     ("It helps to talk.\n\nBest wishes,\nDr. Jane Rivera, LMFT", "sign_off", "It helps to talk."),
     ("It helps to talk. Sincerely, Alex Moreno, LPC", "sign_off", "It helps to talk."),
     ("It helps to talk.\n\nTake care,\nThe counseling team", "sign_off", "It helps to talk."),
+    ("It helps to talk.\n\nWarmly,\nYour counselor", "sign_off", "It helps to talk."),
+    ("It helps to talk. Best wishes, your therapist", "sign_off", "It helps to talk."),
     ("You are not alone in this. Rest. You are not alone in this!", "repeated_sentence",
      "You are not alone in this. Rest."),
 ])
@@ -32,7 +36,8 @@ def test_each_artifact_rule(raw, rule, cleaned):
 
 @pytest.mark.parametrize("text", [
     "Take care of yourself.", "Be gentle with yourself. Take care, and rest when you can.",
-    "Try it 2-3 times a day for 10 minutes.", "Best of all, it costs nothing.", "Dr. Smith said 2.5 mg",
+    "Try it 2-3 times a day for 10 minutes.", "From 2019-2021 I walked 5000 steps.",
+    "Best wishes, and your therapist can help with that too.", "Best of all, it costs nothing.", "Dr. Smith said 2.5 mg",
     "I see. Thank you. I see. Thank you.",  # short repeats (under four words each) stay
 ])
 def test_ordinary_answers_are_left_alone(text):

@@ -154,16 +154,19 @@ def fix_whitespace(text: str) -> str:
 # Each rule removes the sentence (or line) holding the artifact, so no broken "call  today." remains.
 URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"]+")
 EMAIL = re.compile(r"(?i)\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
-PHONE = re.compile(r"(?<![\w-])(?:\+?\d{1,2}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w-])")
+# The area code is optional: US answers also give a local seven-digit number ("call 555-0123").
+PHONE = re.compile(r"(?<![\w-])(?:\+?\d{1,2}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])?\d{3}[\s.-]\d{4}(?![\w-])")
 PROMOTION = re.compile(
     r"(?i)\b(?:free (?:\d+[- ]minute )?consultation|visit my (?:web ?site|page|blog)|book a session|"
     r"(?:check out|see) my (?:web ?site|practice|page|blog|book)|my practice'?s? (?:page|website)|"
     r"(?:reach out|contact me|get in touch) (?:to me )?(?:for|to schedule|to book)|work with me)\b")
-# A closing formula with a comma, then only a name-like tail (capitalised words, credentials) up to the end.
+# A closing formula with a comma, then only a name-like tail (capitalised words, credentials) or a role
+# instead of a name ("Warmly,\nYour counselor") up to the end.
+SIGNER_ROLE = r"(?i:your|the)[ \t]+(?i:counsel+or|therapist|psychologist|psychiatrist|clinician|social worker|coach)"
 SIGN_OFF = re.compile(
     r"(?m)(?:^|(?<=[.!?])\s)(?i:best wishes|best regards|kind regards|warm regards|regards|warmly|sincerely|"
     r"take care|all the best|wishing you well|be well|cheers|best)\s*,[ \t]*\n?[ \t]*"
-    r"(?:(?:the [a-z]+ team|[A-Z][\w.'-]*)(?:[ \t,]+(?:[A-Z][\w.'-]*|[a-z]+ team))*)?[ \t.]*\Z")
+    r"(?:" + SIGNER_ROLE + r"|(?:the [a-z]+ team|[A-Z][\w.'-]*)(?:[ \t,]+(?:[A-Z][\w.'-]*|[a-z]+ team))*)?[ \t.]*\Z")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
