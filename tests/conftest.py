@@ -54,7 +54,7 @@ def tokenizer(tiny_path):
 
 @pytest.fixture(scope="session")
 def records(tiny_cfg, tokenizer):
-    """(train_records, val_records) from the shipped corpus, as phase 1 writes them."""
+    """(train_records, val_records) from the shipped corpus, as phase 00 writes them."""
     from empathy_workbook.phases.data import prepare_records
 
     train, val, _ = prepare_records(tiny_cfg.data, tokenizer)

@@ -327,12 +327,12 @@ class RunConfig:
     preset: str = _help("name of the preset this run came from", "tiny")
     seed: int = _help("global seed (python, numpy, torch)", 42)
     model: ModelConfig = _help("base model", factory=ModelConfig)
-    data: DataConfig = _help("phase 1", factory=DataConfig)
-    sft: SFTConfig = _help("phase 2", factory=SFTConfig)
-    preferences: PreferenceConfig = _help("phase 3", factory=PreferenceConfig)
-    dpo: DPOConfig = _help("phase 4", factory=DPOConfig)
-    export: ExportConfig = _help("phase 5", factory=ExportConfig)
-    eval: EvalConfig = _help("phase 6", factory=EvalConfig)
+    data: DataConfig = _help("phase 00 (notebook 00)", factory=DataConfig)
+    sft: SFTConfig = _help("phase 01 (notebook 01)", factory=SFTConfig)
+    preferences: PreferenceConfig = _help("phase 02 (notebook 02)", factory=PreferenceConfig)
+    dpo: DPOConfig = _help("phase 03 (notebook 03)", factory=DPOConfig)
+    export: ExportConfig = _help("phase 04 (notebook 04)", factory=ExportConfig)
+    eval: EvalConfig = _help("phase 05 (notebook 05)", factory=EvalConfig)
 
     def section(self, name: str) -> dict:
         """The resolved dict of one section (used in fingerprints and notebooks)."""

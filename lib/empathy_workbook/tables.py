@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from .phases.suite_checks import CATEGORIES, VALIDATION
+from .suite import CATEGORIES, VALIDATION
 
 MODEL_ORDER = ("base", "sft", "dpo", "gguf")
 

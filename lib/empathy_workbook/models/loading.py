@@ -122,7 +122,7 @@ def load_causal_lm(name_or_path: str, device: str = "cpu", precision: str = "fp3
     return model.to(device).eval()
 
 
-def stop_token_ids(tokenizer, model=None) -> list[int]:
+def stop_token_ids(tokenizer) -> list[int]:
     """Token ids that end an answer: the family's end-of-turn token and its document-end token."""
     return _family_stop_ids(tokenizer)
 

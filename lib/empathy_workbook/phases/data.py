@@ -1,4 +1,4 @@
-"""Phase 1: load Context/Response pairs, validate, clean, deduplicate, length-filter, split by question,
+"""Phase 00: load Context/Response pairs, validate, clean, deduplicate, length-filter, split by question,
 and format them as TRL prompt/completion conversations in the model's own chat template."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Phase 4: Direct Preference Optimization with TRL's DPOTrainer on the merged SFT model.
+"""Phase 03: Direct Preference Optimization with TRL's DPOTrainer on the merged SFT model.
 
 A fresh LoRA goes on sft/merged and no reference model is passed: TRL then scores the reference by
 running the same network with the adapter switched off, which is exactly the SFT model. Backend

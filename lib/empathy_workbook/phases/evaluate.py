@@ -1,4 +1,4 @@
-"""Phase 6: base vs SFT vs DPO vs the phone file (Q4_K_M GGUF) on the same prompts, scored the same way.
+"""Phase 05: base vs SFT vs DPO vs the phone file (Q4_K_M GGUF) on the same prompts, scored the same way.
 
 What is measured, per model and per prompt category:
 - the judge's 1-10 score (mean with a bootstrap confidence interval) and per-prompt win rates
@@ -219,7 +219,7 @@ def signal_block(signal_table, signal_wins, agreement: dict) -> dict:
 
 def metrics(ctx, *, models: dict, wins: dict, categories, suite_n: int, val_n: int, judge, passes_per_answer,
             robustness: dict, second: dict, signal: dict, judge_agreement: dict, check_agreement: dict) -> dict:
-    """Phase 6's metrics.json contract, from what the notebook's library calls returned."""
+    """Phase 05's metrics.json contract, from what the notebook's library calls returned."""
     from ..tables import to_json_rows
 
     cfg = ctx.cfg.eval

@@ -1,4 +1,4 @@
-"""Phase 5: turn the merged DPO model into GGUF files for llama.cpp / llama.rn, and prove they are the
+"""Phase 04: turn the merged DPO model into GGUF files for llama.cpp / llama.rn, and prove they are the
 model we trained.
 
 Steps (notebook 04 walks through them in this order):

@@ -1,4 +1,4 @@
-"""Phase 3, step 2: preference pairs for DPO from the candidates rejected.py sampled.
+"""Phase 02, step 2: preference pairs for DPO from the candidates rejected.py sampled.
 
 chosen = the human answer from the data set; rejected = the sampled (maybe degraded) answer. A judge
 scores every answer on its own; a pair is kept when chosen - rejected >= gap. The design document

@@ -1,4 +1,4 @@
-"""Phase 3, step 1: the rejected answers of the preference pairs.
+"""Phase 02, step 1: the rejected answers of the preference pairs.
 
 rejected = an answer sampled from the SFT model at a high temperature (realistic but a little off),
 optionally degraded on purpose: cut at 70 % of its length, its first sentence dropped, or sampled with a

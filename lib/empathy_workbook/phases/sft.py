@@ -1,4 +1,4 @@
-"""Phase 2: LoRA supervised fine-tuning with TRL's SFTTrainer on the phase-1 conversations.
+"""Phase 01: LoRA supervised fine-tuning with TRL's SFTTrainer on the conversations of phase 00.
 
 The data is tokenized here, not by TRL: `chat.tokenize_prompt_completion` gives input_ids and a
 completion_mask that covers exactly the answer and its end-of-turn token (TRL's own conversational

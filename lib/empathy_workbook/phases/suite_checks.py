@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 
 from ..chat import has_think_leak, word_count
+from ..suite import CATEGORIES, VALIDATION  # noqa: F401  (declared below both this module and tables.py)
 
-CATEGORIES = ("fall_risk", "emotional_distress", "resistance_denial", "safety_critical", "boundary_testing")
 EXPECTATIONS = ("empathetic", "urge_medical_attention", "decline_diagnosis_or_prescription")
-VALIDATION = "validation"  # category name of the held-out validation prompts
 
 # ---------------------------------------------------------------- keyword checks
 # Each list is a set of regular expressions matched case-insensitively on the whole answer.

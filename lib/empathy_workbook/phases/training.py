@@ -356,7 +356,7 @@ def spot_check_records(val_records: list[dict], n: int) -> list[dict]:
     return [distinct[int(i * stride)] for i in range(n)]
 
 
-def side_by_side(models: dict, tokenizer, records: list[dict], sampling: SamplingConfig):
+def spot_check_table(models: dict, tokenizer, records: list[dict], sampling: SamplingConfig):
     """A DataFrame: each record's question, the reference answer, and every model's seeded answer."""
     import pandas as pd
 
