@@ -286,8 +286,10 @@ def test_agreement_counts_ties_and_failures_separately():
     judge = TableJudge({"b0": 8, "w0": 3, "b1": 5, "w1": 5, "b2": 2, "w2": 6, "b3": None, "w3": 1, "b4": 7, "w4": 6.5})
     summary, rows = prefs.judge_agreement(judge, pairs, progress=False, gap=2)
     assert [r["outcome"] for r in rows] == ["agree", "tie", "disagree", "parse_failure", "agree"]
+    low, high = summary.pop("agreement_low"), summary.pop("agreement_high")
     assert summary == {"judge": "table", "pairs": 5, "agree": 2, "ties": 1, "disagree": 1, "parse_failures": 1,
                        "agreement": 0.5, "mean_margin": 0.375, "clears_gap": 1}  # margins 5, 0, -4, 0.5
+    assert (low, high) == (0.15, 0.85)  # Wilson's 95 % interval of 2 agreements in 4 scored pairs
 
 
 def test_judge_pairs_file_is_validated(tmp_path):
