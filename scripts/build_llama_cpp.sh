@@ -46,12 +46,14 @@ if [ ! -f "$BUILT/build.json" ]; then
   SRC="$WORK/llama_cpp_python-$VERSION"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
   # 1. the Python package, its CMake build folder kept (scikit-build-core's build-dir setting)
-  SKBUILD_BUILD_DIR="$WORK/build" "$PY" -m pip wheel -q --no-deps "$SRC" -w "$WORK/wheel"
+  # (its CMake output is long: kept in a log, shown when the build fails)
+  SKBUILD_BUILD_DIR="$WORK/build" "$PY" -m pip wheel --no-deps "$SRC" -w "$WORK/wheel" > "$WORK/wheel.log" 2>&1 \
+    || { tail -40 "$WORK/wheel.log"; exit 1; }
   # 2. the same tree with the tools switched on. No web UI (it would be downloaded at build time) and
   #    $ORIGIN run paths, so the tools find the shared libraries copied next to them.
   cmake "$WORK/build" -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON > "$WORK/reconfigure.log"
-  cmake --build "$WORK/build" --target $TOOLS > "$WORK/tools.log"
+    -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON > "$WORK/reconfigure.log" 2>&1 || { tail -40 "$WORK/reconfigure.log"; exit 1; }
+  cmake --build "$WORK/build" --target $TOOLS > "$WORK/tools.log" 2>&1 || { tail -40 "$WORK/tools.log"; exit 1; }
   mkdir -p "$WORK/out/bin" "$WORK/out/wheel"
   cp "$WORK"/wheel/llama_cpp_python-*.whl "$WORK/out/wheel/"
   for tool in $TOOLS; do cp "$WORK/build/bin/$tool" "$WORK/out/bin/"; done

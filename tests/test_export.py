@@ -243,6 +243,7 @@ def test_llama_server_renders_and_stops_like_training_on_the_phone_file(tiny_exp
     assert choice["format"] == "Q4_K_M" and metrics["deploy_within_limits"]
     assert [c["format"] for c in choice["candidates"]] == ["Q4_K_M", "Q8_0"]  # smallest first
     assert choice["auto_differs"] == (choice["auto_format"] != "Q4_K_M")
+    assert choice["reason"].startswith("export.deploy is unset")
     settings = tiny_export["checks"]["phone_settings"]
     assert settings["n_predict"] > 0 and settings["stop"][0] == "<|im_end|>" and settings["enable_thinking"] is False
 

@@ -94,7 +94,7 @@ def llama_rn_call(settings: dict) -> str:
             f"min_p: {settings['min_p']},\n"
             f"  penalty_repeat: {settings['penalty_repeat']}, n_predict: {settings['n_predict']},\n"
             "})\n"
-            "// result.stopped_eos: the answer ended on the end-of-turn token; result.stopped_limit: n_predict cut it")
+            "// result.stopped_eos: the answer ended on an end-of-generation token; result.stopped_limit: n_predict cut it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def phone_checks(files: dict[str, Path], kld_mean: dict[str, float], tokenizer, 
     summary = stop_summary(served)
     python_rate = sum(a["ended_on_eos"] for a in python) / len(python)
     return {
-        "deploy": deploy, "setting": cfg.deploy or "(unset: Q4_K_M, else the first quant)", "auto": auto,
+        "deploy": deploy, "setting": cfg.deploy, "auto": auto,
         "auto_differs": named is not None and auto["format"] != deploy,
         "within_limits": named is not None or auto["format"] == deploy,
         "rendering": rendering, "server": summary, "server_answers": served,

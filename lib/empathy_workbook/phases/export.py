@@ -450,13 +450,16 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
 
 def deploy_choice(phone_result: dict) -> dict:
     """What summary.json and the report say about the phone's format: the setting, the choice, auto's choice, why."""
-    auto = phone_result["auto"]
-    if phone_result["setting"] == "auto":
+    auto, setting = phone_result["auto"], phone_result["setting"]
+    if setting == "auto":
         reason = auto["reason"]
     else:
-        reason = f"set by export.deploy ({phone_result['setting']})"
+        reason = (f"set by hand (export.deploy: {setting})" if setting else
+                  "export.deploy is unset: Q4_K_M when exported, else the first format listed")
         if phone_result["auto_differs"]:
             reason += f"; deploy: auto would have chosen {auto['format'] or 'no format'}: {auto['reason']}"
+        else:
+            reason += "; deploy: auto agrees"
     return {"setting": phone_result["setting"], "format": phone_result["deploy"], "auto_format": auto["format"],
             "auto_differs": phone_result["auto_differs"], "reason": reason,
             "candidates": [{k: c[k] for k in ("format", "bytes", "kld_mean", "stop_rate", "verdict")}
