@@ -64,6 +64,7 @@ def _gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie is stopped too
 
 
+@pytest.mark.slow
 def test_server_is_stopped_even_when_the_check_inside_fails(tiny_gguf):
     with pytest.raises(RuntimeError, match="a check failed"):
         with LlamaServer(tiny_gguf, n_ctx=512, n_threads=1) as server:
