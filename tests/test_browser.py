@@ -79,7 +79,7 @@ def workspace(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     # papermill's loader gives every cell the metadata.tags list its parameterizer expects
     nb = parameterize_notebook(load_notebook_node(str(NOTEBOOKS_DIR / "05_evaluate.ipynb")),
-                               {"run_name": RUN, "interactive": True})
+                               {"preset": "tiny", "run_name": RUN, "interactive": True})
     nbformat.write(nb, root / "05_evaluate.ipynb")
     return root, paths
 

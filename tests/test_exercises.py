@@ -114,7 +114,7 @@ def test_exercise_outcome_is_the_predicted_one(phase, tiny_run):
         run = RunPaths.for_run(run_name)
     executed = run.notebooks / NOTEBOOKS[phase]
     papermill.execute_notebook(str(NOTEBOOKS_DIR / NOTEBOOKS[phase]), str(executed), progress_bar=False,
-                               parameters={"run_name": run_name, **parameters, **SPEEDUPS.get(phase, {})},
+                               parameters={"preset": "tiny", "run_name": run_name, **parameters, **SPEEDUPS.get(phase, {})},
                                cwd=str(NOTEBOOKS_DIR))
     base = read_json(tiny_run.root / phase / "metrics.json")
     base["_config"] = read_json(tiny_run.root / phase / "config.json")

@@ -76,7 +76,7 @@ def test_opening_03_before_02_prints_one_line(tmp_path, monkeypatch):
     executed = tmp_path / "03.ipynb"
     with pytest.raises(PapermillExecutionError) as err:
         papermill.execute_notebook(str(NOTEBOOKS_DIR / NOTEBOOKS["dpo"]), str(executed),
-                                   parameters={"run_name": "empty"}, progress_bar=False, cwd=str(NOTEBOOKS_DIR))
+                                   parameters={"preset": "tiny", "run_name": "empty"}, progress_bar=False, cwd=str(NOTEBOOKS_DIR))
     assert err.value.ename == "MissingPhaseError"
     assert "run notebook 00_prepare_data.ipynb first" in err.value.evalue
     nb = json.loads(executed.read_text(encoding="utf-8"))
