@@ -1,9 +1,12 @@
 """Builders the test modules share (pytest puts tests/ on sys.path, so `from helpers import ...` works)."""
 
+import importlib.util
 from pathlib import Path
+from unittest import mock
 
 from empathy_workbook.family import QWEN3
 from empathy_workbook.llamacpp.file_checks import gguf_reader
+from empathy_workbook.models import loading as models
 from empathy_workbook.models.tiny import QWEN2_SPLIT
 from empathy_workbook.phases import sft, training
 
@@ -17,6 +20,31 @@ def sft_trainer(cfg, tiny_path, tokenizer, train_records, out_dir, eval_records=
     args.disable_tqdm = True
     return sft.build_trainer(model, tokenizer, train_ds, args, eval_ds, peft_config,
                              training.standard_callbacks(cfg.sft.train, eval_ds is not None))
+
+
+REAL_FIND_SPEC = importlib.util.find_spec
+
+
+def gpu(bf16: bool = True, installed=("bitsandbytes",)):
+    """Patches that make this machine look like a CUDA machine with the given packages."""
+    def find_spec(name, *args, **kwargs):
+        if name in ("unsloth", "bitsandbytes"):
+            return object() if name in installed else None
+        return REAL_FIND_SPEC(name, *args, **kwargs)
+
+    return [mock.patch.object(models, "cuda_available", return_value=True),
+            mock.patch("torch.cuda.is_bf16_supported", return_value=bf16),
+            mock.patch("importlib.util.find_spec", side_effect=find_spec)]
+
+
+def with_patches(patches, fn):
+    for p in patches:
+        p.start()
+    try:
+        return fn()
+    finally:
+        for p in reversed(patches):
+            p.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,40 +1,15 @@
 """The real (qwen3-0.6b, CUDA) path's choices tested on the CPU with CUDA, bitsandbytes and Unsloth mocked:
 precision, 8-bit optimizer fallback, 4-bit loading for DPO, sampling flags, the CUDA build of llama.cpp."""
 
-import importlib.util
 import subprocess
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 from empathy_workbook.config import SamplingConfig, TrainConfig, load_config
 from empathy_workbook.models import loading as models
 from empathy_workbook.phases import dpo, training
-
-REAL_FIND_SPEC = importlib.util.find_spec
-
-
-def gpu(bf16: bool = True, installed=("bitsandbytes",)):
-    """Patches that make this machine look like a CUDA machine with the given packages."""
-    def find_spec(name, *args, **kwargs):
-        if name in ("unsloth", "bitsandbytes"):
-            return object() if name in installed else None
-        return REAL_FIND_SPEC(name, *args, **kwargs)
-
-    return [mock.patch.object(models, "cuda_available", return_value=True),
-            mock.patch("torch.cuda.is_bf16_supported", return_value=bf16),
-            mock.patch("importlib.util.find_spec", side_effect=find_spec)]
-
-
-def with_patches(patches, fn):
-    for p in patches:
-        p.start()
-    try:
-        return fn()
-    finally:
-        for p in reversed(patches):
-            p.stop()
+from helpers import gpu, with_patches
 
 
 # --- precision: bf16 wherever the GPU has it ---

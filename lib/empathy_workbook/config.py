@@ -119,6 +119,9 @@ class TrainConfig:
     logging_steps: int = _help("log the training loss every N updates", 1)
     seed: int = _help("training seed", 42)
     gradient_checkpointing: bool = _help("recompute activations in the backward pass: less memory, ~20-30 % slower", True)
+    row_sampler: str = _help("how rows are dealt into updates: 'auto' (the batching's own order in one process; in "
+                             "several, every row once per epoch and the same rows per update as in one) or "
+                             "'rebalanced' (that multi-process order in one process too, to compare runs)", "auto")
 
     def __post_init__(self):
         _require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be positive")
@@ -128,6 +131,8 @@ class TrainConfig:
         _require(0.0 <= self.warmup_ratio < 0.5, f"warmup_ratio={self.warmup_ratio}: use a value in [0, 0.5)")
         _require(self.eval_steps >= 1 and self.save_steps >= 1, "eval_steps and save_steps must be >= 1")
         _require(self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0 (0 = never stop early)")
+        _require(self.row_sampler in ("auto", "rebalanced"),
+                 f"row_sampler={self.row_sampler!r}: use 'auto' or 'rebalanced'")
         # the best checkpoint is kept by evaluation; it must be one that was saved
         _require(self.save_steps % self.eval_steps == 0,
                  f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps} "

@@ -30,6 +30,9 @@ class Phase:
     outputs: tuple[str, ...]  # what it writes in its own folder besides metrics.json and figures/
     duration: Duration
     data_files: tuple[str, ...] = ()  # files under data/ it reads that no phase writes (fingerprinted)
+    # trains in one process per GPU when its notebook's num_processes parameter is above 1 (README, "More than one
+    # GPU"); its entry point (`empathy-workbook <name>`) then also writes train_result.json
+    multi_process: bool = False
 
 
 # In pipeline order: a phase may read only phases above it (tests/test_registry.py checks this).
@@ -39,13 +42,13 @@ PHASE_LIST = (
           Duration("95 s (most of it builds the tiny model once; later runs reuse it)", "not estimated")),
     Phase("sft", "01_sft_lora.ipynb", ("model", "sft"), ("data",),
           ("adapter", "merged", "log_history.json", "spot_check.csv"),
-          Duration("59 s", "30–60 min")),
+          Duration("59 s", "30–60 min"), multi_process=True),
     Phase("preferences", "02_preference_pairs.ipynb", ("preferences",), ("data", "sft"),
           ("candidates.jsonl", "scores.jsonl", "pairs.jsonl", "pairs_heldout.jsonl"),
           Duration("20 s", "120–240 min, with judging"), data_files=("judge_pairs.jsonl",)),
     Phase("dpo", "03_dpo.ipynb", ("model", "dpo"), ("data", "sft", "preferences"),
           ("adapter", "merged", "log_history.json", "spot_check.csv"),
-          Duration("30 s", "20–40 min")),
+          Duration("30 s", "20–40 min"), multi_process=True),
     Phase("export", "04_export_gguf.ipynb", ("export",), ("data", "dpo"),
           ("manifest.json", "quality.csv", "answers_side_by_side.csv"),
           Duration("29 s", "5–10 min")),
@@ -63,6 +66,7 @@ PHASE_INPUTS = {p.name: list(p.inputs) for p in PHASE_LIST}
 PHASE_SECTIONS = {p.name: list(p.sections) for p in PHASE_LIST}
 PHASE_DURATIONS = {p.name: p.duration for p in PHASE_LIST}
 FIXED_DATA_FILES = {p.name: list(p.data_files) for p in PHASE_LIST if p.data_files}
+MULTI_PROCESS_PHASES = tuple(p.name for p in PHASE_LIST if p.multi_process)
 
 
 def check_phase(name: str) -> str:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import JudgeConfig
+from ..distributed import is_main_process, map_in_order, wait_for_everyone
 from ..io import append_jsonl, iter_jsonl, sha256_text
 from ..paths import cache_dir as _cache_dir
 from .probability import ScoreTokens, result_from_distributions
@@ -224,7 +225,7 @@ class ScoreCache:
                "parse_failed": result.parse_failed, "raw": result.raw, "error": result.error,
                "argmax": result.argmax}
         self._load()[key] = row
-        if self.path:
+        if self.path and is_main_process():  # every process holds the same results: one of them writes
             append_jsonl(self.path, row)
 
 
@@ -309,7 +310,9 @@ class Judge:
             if not pending:
                 break
             self.stats["retries" if attempt else "backend_calls"] += len(pending)
-            raws = self.raw_outputs([prompts[i] for i in pending], [responses[i] for i in pending], attempt)
+            # in N processes (accelerate) each one runs the backend on a share; all get every output, in order
+            raws = map_in_order(lambda share, attempt=attempt: self.raw_outputs(
+                [prompts[i] for i in share], [responses[i] for i in share], attempt), pending)
             still = []
             for i, raw in zip(pending, raws):
                 if isinstance(raw, JudgeResult):
@@ -324,6 +327,9 @@ class Judge:
             pending = still
         for key, i in todo.items():
             self.cache.put(key, results[i])  # type: ignore[arg-type]
+        # In N processes the main one has just appended to the cache file: nobody goes on (and, e.g., opens the same
+        # cache for another judge) before it is complete, so every process sees the same cached items next time.
+        wait_for_everyone()
         for i, key in enumerate(keys):  # duplicates of an item scored in this call
             if results[i] is None:
                 results[i] = replace(results[todo[key]], attempts=0, cached=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import encode_messages
+from ..distributed import is_main_process, local_process_index, map_in_order, sharded_launcher
 from ..config import TINY_MODEL, ModelConfig, SamplingConfig
 from ..family import family_of
 from ..family import stop_token_ids as _family_stop_ids
@@ -54,11 +55,21 @@ def gpu_precision(requested: str) -> tuple[str, str]:
 
 
 def select_backend(model_cfg: ModelConfig, precision: str = "fp16") -> Backend:
-    """Pick Unsloth, transformers+PEFT or CPU from what this machine has; never imports CUDA-only code."""
+    """Pick Unsloth, transformers+PEFT or CPU from what this machine has; never imports CUDA-only code.
+
+    Under DeepSpeed or FSDP (accelerate launch with configs/accelerate/deepspeed_zero2.yaml or fsdp.yaml) the
+    model is sharded by the launcher: transformers + PEFT on a 16-bit base, the combination those launchers
+    shard; Unsloth and the 4-bit base are for one GPU and for DDP (multi_gpu.yaml).
+    """
     if not cuda_available():
         return Backend("cpu", "cpu", False, "fp32",
                        "no CUDA device: transformers + PEFT in fp32, no quantization")
     precision, precision_note = gpu_precision(precision)
+    sharded = sharded_launcher()
+    if sharded:
+        return Backend("transformers+peft", "cuda", False, precision,
+                       f"CUDA under {sharded}: the launcher shards a 16-bit base (no Unsloth, no 4-bit)"
+                       + precision_note)
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     if model_cfg.use_unsloth and has_unsloth:
@@ -119,6 +130,8 @@ def load_causal_lm(name_or_path: str, device: str = "cpu", precision: str = "fp3
         resolve_model_path(name_or_path), dtype=torch_dtype(precision),
         trust_remote_code=trust_remote_code, use_safetensors=True,
     )
+    if device == "cuda":  # in N processes, each on its own GPU
+        device = f"cuda:{local_process_index()}"
     return model.to(device).eval()
 
 
@@ -171,6 +184,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampli
     Prompts are bucketed by length so a batch holds prompts of similar size (less padding); results
     come back in the input order. Each result: text, ended_on_eos, new_tokens. `token_budget` cuts the
     batches by tokens instead of rows (length_sorted_batches; bench/README.md, "Generation options").
+    In N processes (accelerate) each one samples a share of the batches, each batch with the seed of its
+    number, so the answers are those one process would sample (on the same kind of device).
     """
     import torch
     from tqdm.auto import tqdm
@@ -179,11 +194,11 @@ def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampli
     prompts = [encode_messages(tokenizer, messages) for messages in conversations]
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
-    results: list[dict | None] = [None] * len(prompts)
-    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     batches = length_sorted_batches(prompts, sampling.batch_size, sampling.max_new_tokens, token_budget)
-    try:
-        for number, batch in enumerate(tqdm(batches, desc=desc, disable=not progress)):
+
+    def sample(numbered: list[tuple[int, list[int]]]) -> list[list[dict]]:
+        answers = []
+        for number, batch in tqdm(numbered, desc=desc, disable=not progress or not is_main_process()):
             encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding=True,
                                     return_tensors="pt").to(device)
             torch.manual_seed(sampling.seed + number)  # each batch reproducible on its own
@@ -192,20 +207,28 @@ def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampli
                     **encoded, **sampling_kwargs(sampling, repetition_penalty),
                     eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
                 )
-            new = output[:, encoded["input_ids"].shape[1]:]
-            for row, index in enumerate(batch):
-                ids = new[row].tolist()
-                ended = any(t in stops for t in ids)
-                if ended:
-                    ids = ids[: min(ids.index(t) for t in stops if t in ids)]
-                results[index] = {
-                    "text": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    "ended_on_eos": ended,
-                    "new_tokens": len(ids),
-                }
+            answers.append([finished_answer(tokenizer, ids, stops)
+                            for ids in output[:, encoded["input_ids"].shape[1]:].tolist()])
+        return answers
+
+    results: list[dict | None] = [None] * len(prompts)
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for batch, answers in zip(batches, map_in_order(sample, list(enumerate(batches)))):
+            for index, answer in zip(batch, answers):
+                results[index] = answer
     finally:
         tokenizer.padding_side = previous_side
     return results  # type: ignore[return-value]
+
+
+def finished_answer(tokenizer, ids: list[int], stops: list[int]) -> dict:
+    """A generated row as text, cut at its first stop token: text, ended_on_eos, new_tokens."""
+    ended = any(t in stops for t in ids)
+    if ended:
+        ids = ids[: min(ids.index(t) for t in stops if t in ids)]
+    return {"text": tokenizer.decode(ids, skip_special_tokens=True).strip(), "ended_on_eos": ended,
+            "new_tokens": len(ids)}
 
 
 def peak_memory_mb(device: str = "cpu") -> float:
@@ -263,6 +286,18 @@ def import_unsloth():
     return unsloth
 
 
+def patch_unsloth_dpo() -> None:
+    """Unsloth's DPO patch, applied before TRL's DPOTrainer is imported.
+
+    In Unsloth 2026.10.9 PatchDPOTrainer() is kept for old scripts and does nothing: importing Unsloth already
+    rewrote TRL's trainers (PatchFastRL runs when unsloth.models loads). Calling it keeps older releases, where
+    the patch was a real step, on their fast path too.
+    """
+    from unsloth import PatchDPOTrainer
+
+    PatchDPOTrainer()
+
+
 def four_bit_config(precision: str):
     """bitsandbytes NF4 settings of QLoRA: 4-bit storage, 16-bit compute, quantized quantization constants."""
     from transformers import BitsAndBytesConfig
@@ -291,7 +326,8 @@ def load_training_base(name_or_path: str, backend: Backend, max_length: int, tru
     kwargs = {"dtype": torch_dtype(backend.precision), "trust_remote_code": trust_remote_code,
               "use_safetensors": True}
     if backend.device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        if sharded_launcher() is None:  # DeepSpeed and FSDP place the shards themselves
+            kwargs["device_map"] = {"": local_process_index()}  # each DDP process on its own GPU (0 with one)
         if backend.load_in_4bit:
             kwargs["quantization_config"] = four_bit_config(backend.precision)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

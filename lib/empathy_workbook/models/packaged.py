@@ -30,7 +30,7 @@ PACKAGE_SCHEME = "gguf-package:"
 # Sub-folder of a model folder holding the SentencePiece files llama.cpp's converter reads. They stay out of
 # the folder itself: transformers would read added_tokens.json as new tokens and append duplicates.
 CONVERTER_VOCAB_DIR = "converter_vocab"
-BUILD_VERSION = 3  # bump when the conversion below changes in a way the fields of PackagedModel don't capture
+BUILD_VERSION = 4  # 4: tokenizer read from the rebuilt SentencePiece model; bump when the conversion below changes in a way the fields of PackagedModel don't capture
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,11 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     profile = profile_named(spec.family)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if gguf_vocabulary(gguf_path)["model"] == "llama":  # SentencePiece; a BPE vocabulary converts from tokenizer.json
+        write_converter_vocabulary(gguf_path, tmp / CONVERTER_VOCAB_DIR)
+        tokenizer = sentencepiece_tokenizer(type(tokenizer), tmp / CONVERTER_VOCAB_DIR / "tokenizer.model", tokenizer)
     prepare_tokenizer(tokenizer, profile)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers keeps a "gguf quantizer" on the model although the weights are plain fp32 tensors now;
@@ -166,12 +171,8 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     set_generation_defaults(model, tokenizer, profile)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if gguf_vocabulary(gguf_path)["model"] == "llama":  # SentencePiece; a BPE vocabulary converts from tokenizer.json
-        write_converter_vocabulary(gguf_path, tmp / CONVERTER_VOCAB_DIR)
     write_json(tmp / "packaged.json", {
         "source": f"{PACKAGE_SCHEME}{name}", "gguf": spec.filename, "sha256": spec.sha256, "family": profile.name,
         "terms": spec.terms, "parameters": sum(p.numel() for p in model.parameters()),
@@ -180,6 +181,23 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once; a crash leaves only *.tmp* behind
     return out_dir
+
+
+def sentencepiece_tokenizer(tokenizer_class, model_file: Path, gguf_tokenizer):
+    """The tokenizer read from the SentencePiece model rebuilt from the GGUF (write_converter_vocabulary), through
+    transformers' own SentencePiece converter, with the special tokens the GGUF names.
+
+    transformers 5.17 (the release Unsloth accepts) turns a SentencePiece-BPE GGUF vocabulary such as Gemma 3's into a
+    Unigram model that splits text into single letters and registers 5 of its 6,384 control and user-defined tokens;
+    its SentencePiece path reads the same vocabulary as llama.cpp does (tests/test_chat_and_tiny.py compares them).
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(model_file, Path(folder) / "tokenizer.model")
+        specials = {name: getattr(gguf_tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+                    if getattr(gguf_tokenizer, name, None) is not None}
+        return tokenizer_class.from_pretrained(folder, **specials)
 
 
 def prepare_tokenizer(tokenizer, profile: FamilyProfile) -> None:

@@ -120,6 +120,10 @@ def trainer_class():
     """DPOTrainer with the project's guards (raw-loss check, memory in the logs)."""
     from trl import DPOTrainer
 
+    from .trl_compat import install_lm_head_fallback
+
+    install_lm_head_fallback()  # TRL 1.15's fused LM head needs Triton and CUDA; torch does it elsewhere
+
     class GuardedDPOTrainer(TrainingGuards, DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             # TRL would tokenize the text columns again, turning an "<|im_end|>" inside an answer into the
@@ -163,6 +167,7 @@ def dpo_metrics(log_history: list[dict], result: dict) -> dict:
         "max_steps": result["max_steps"],
         "stopped_early": result["stopped_early"],
         "resumed_from": result["resumed_from"],
+        "tokens": result.get("tokens"),  # non-padding input tokens trained on (both answers of every pair)
     }
 
 
@@ -199,3 +204,40 @@ def training_warnings(log_history: list[dict], beta: float, early_share: float =
         if margins[-1] > margin_limit and late_growth >= early_growth > 0:
             warnings.append(RUNAWAY_MARGINS.format(last=margins[-1], beta=beta))
     return warnings
+
+
+def prepare_backend(model_cfg: ModelConfig, cfg: PhaseConfig) -> Backend:
+    """The DPO backend: the SFT model in 16-bit unless dpo.load_in_4bit (model_config), Unsloth's DPO patch when
+    Unsloth trains."""
+    from .training import prepare_backend as prepare
+
+    return prepare(model_config(model_cfg, cfg), cfg.train, dpo=True)
+
+
+def train_phase(preset: str = "tiny", run_name: str = "demo", overrides: dict | None = None,
+                artifacts: Path | None = None) -> dict:
+    """Notebook 03's training as one call, in this process or in each of N (the `dpo` command, notebook_launcher).
+
+    Builds the pair datasets, trains a fresh LoRA on sft/merged with resume, saves the adapter, the merged model,
+    log_history.json and train_result.json. Returns that result.
+    """
+    from ..models.loading import load_tokenizer
+    from ..pipeline.runtime import process_context
+    from .training import load_model, standard_callbacks, train_and_save
+
+    ctx = process_context("dpo", preset, run_name, overrides, artifacts)
+    cfg, trust = ctx.cfg.dpo, ctx.cfg.model.trust_remote_code
+    backend = prepare_backend(ctx.cfg.model, cfg)  # before anything imports transformers (Unsloth)
+    sft_merged = ctx.input_dir("sft") / "merged"
+    train_pairs, eval_pairs, heldout_source = load_pairs(ctx.input_dir("preferences"), cfg.heldout_fraction,
+                                                         cfg.train.seed)
+    tokenizer = load_tokenizer(sft_merged, trust)
+    train_ds = preference_dataset(train_pairs, tokenizer)
+    eval_ds = preference_dataset(eval_pairs, tokenizer) if eval_pairs else None
+    model, peft_config = load_model(sft_merged, backend, cfg.train, cfg.lora, trust)
+    trainer = build_trainer(model, tokenizer, train_ds,
+                            training_arguments(cfg, backend, ctx.out / "checkpoints", eval_ds is not None),
+                            eval_dataset=eval_ds, peft_config=peft_config,
+                            callbacks=standard_callbacks(cfg.train, eval_ds is not None))
+    return train_and_save(trainer, backend, ctx, sft_merged, tokenizer, trust, train_pairs=len(train_pairs),
+                          eval_pairs=len(eval_pairs), heldout_source=heldout_source)

@@ -92,8 +92,11 @@ def answer_with_transformers(model_path: str, prompts: list[EvalPrompt], samplin
 def answer_with_gguf(path: Path, tokenizer, prompts: list[EvalPrompt], sampling, n_threads: int = 0,
                      llm=None) -> list[dict]:
     """Answers of the GGUF file to prompts tokenized by the HF tokenizer and its template, as for the others
-    (chat.encode_messages: message text stays text)."""
+    (chat.encode_messages: message text stays text). Prompt i is sampled with seed + i, so in N processes
+    (accelerate; each answers a share) the answers are those of one process."""
     from tqdm.auto import tqdm
+
+    from ..distributed import is_main_process, map_in_order
 
     prompt_ids = [encode_messages(tokenizer, p.messages) for p in prompts]
     own = llm is None
@@ -102,8 +105,9 @@ def answer_with_gguf(path: Path, tokenizer, prompts: list[EvalPrompt], sampling,
         llm = load_gguf(path, n_ctx=context_size(longest + sampling.max_new_tokens), n_threads=n_threads,
                         seed=sampling.seed)
     try:
-        return [gguf_complete(llm, ids, sampling, sampling.seed + i)
-                for i, ids in enumerate(tqdm(prompt_ids, desc="answering (gguf)"))]
+        return map_in_order(lambda share: [gguf_complete(llm, ids, sampling, sampling.seed + i) for i, ids in
+                                           tqdm(share, desc="answering (gguf)", disable=not is_main_process())],
+                            list(enumerate(prompt_ids)))
     finally:
         if own:
             llm.close()  # free the model now rather than at interpreter exit

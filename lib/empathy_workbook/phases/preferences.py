@@ -45,6 +45,32 @@ def score_candidates(judge, candidates: list[dict], progress: bool = True) -> li
     return rows
 
 
+def sample_phase(preset: str = "tiny", run_name: str = "demo", overrides: dict | None = None,
+                 artifacts: Path | None = None) -> dict:
+    """Notebook 02's two long steps, in this process or in each of N (the `sample` command under accelerate launch):
+    the rejected answers (candidates.jsonl) and both judges' scores of them (the judge cache). Notebook 02 then
+    finds every answer done and every score cached, and goes on with the filtering and the figures."""
+    from ..distributed import is_main_process
+    from ..io import read_jsonl
+    from ..judges import get_judge
+    from .rejected import choose_records, sample_with_sft_model
+    from ..pipeline.runtime import process_context
+
+    ctx = process_context("preferences", preset, run_name, overrides, artifacts)
+    cfg = ctx.cfg.preferences
+    data_dir = ctx.input_dir("data")
+    train_records = choose_records(read_jsonl(data_dir / "train.jsonl"), cfg.max_prompts, cfg.sampling.seed)
+    val_records = choose_records(read_jsonl(data_dir / "val.jsonl"), cfg.max_val_prompts, cfg.sampling.seed)
+    train, val, device = sample_with_sft_model(ctx.cfg.model, cfg, ctx.input_dir("sft"), train_records, val_records,
+                                               ctx.out / "candidates.jsonl", progress=is_main_process())
+    judged = {}
+    for judge_cfg in (cfg.judge, cfg.second_judge):
+        judge = get_judge(judge_cfg)
+        score_candidates(judge, train + val, progress=is_main_process())
+        judged[judge.name] = dict(judge.stats)
+    return {"candidates": len(train) + len(val), "device": device, "judges": judged}
+
+
 def compare_judges(main: list[dict], second: list[dict], gap: float) -> dict:
     """The main and the second judge on the same candidates: each one's retention at the gap, how many
     pairs both would keep, and the correlation of their overall scores (rows from score_candidates)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..chat import has_think_leak
 from ..config import PreferenceConfig
+from ..distributed import is_main_process, main_process_first, map_in_order, wait_for_everyone, world_size
 from ..io import append_jsonl, iter_jsonl, sha256_text, write_jsonl
 from ..models.loading import generate
 
@@ -136,41 +137,64 @@ def generate_candidates(model, tokenizer, records: list[dict], cfg: PreferenceCo
     Work is cut into chunks of CHUNK_BATCHES batches, formed from ALL records sorted by prompt length,
     and chunk c is sampled with seed + 1000 * c: a resumed run samples the same way as an uninterrupted
     one. Rows drawn for the low repetition penalty are sampled in their own batches with that penalty.
-    Returns this split's rows in the order of `records`.
+    In N processes (accelerate) each process samples a share of the chunks, with the same seeds, and the main
+    process appends them in chunk order. Returns this split's rows in the order of `records`.
     """
     from tqdm.auto import tqdm
 
     path = Path(path)
-    done = {r["id"]: r for r in read_candidates(path, settings, log=log) if r["split"] == split}
+    with main_process_first():  # only the main process may rewrite a stale file; the others then read it clean
+        done = {r["id"]: r for r in read_candidates(path, settings, log=log) if r["split"] == split}
     seed = _split_seed(cfg.sampling.seed, split)
     ordered = sorted(records, key=lambda r: (len(question(r)) + len(r["prompt"][0]["content"]), r["id"]))
-    chunks = _chunks(ordered, cfg.sampling.batch_size * CHUNK_BATCHES)
-    todo = sum(r["id"] not in done for r in records)
-    if len(done):
+    chunks = [(number, [r for r in chunk if r["id"] not in done])
+              for number, chunk in enumerate(_chunks(ordered, cfg.sampling.batch_size * CHUNK_BATCHES))]
+    pending = [(number, chunk) for number, chunk in chunks if chunk]
+    todo = sum(len(chunk) for _, chunk in pending)
+    if len(done) and is_main_process():
         log(f"{split}: {len(done)} of {len(records)} answers already in {path.name}; generating {todo}")
-    with tqdm(total=todo, desc=f"sampling rejected answers ({split})", disable=not progress or not todo) as bar:
-        for number, chunk in enumerate(chunks):
-            pending = [r for r in chunk if r["id"] not in done]
-            if not pending:
-                continue
-            plan = {r["id"]: assign_degradation(r["id"], cfg, cfg.sampling.seed) for r in pending}
-            groups = {
-                None: [r for r in pending if plan[r["id"]] != "low_repetition_penalty"],
-                cfg.low_repetition_penalty: [r for r in pending if plan[r["id"]] == "low_repetition_penalty"],
-            }
-            for offset, (penalty, group) in enumerate(groups.items()):
-                if not group:
-                    continue
-                sampling = replace(cfg.sampling, seed=seed + 1000 * number + offset)
-                outputs = generate(model, tokenizer, [r["prompt"] for r in group], sampling,
-                                   repetition_penalty=penalty, progress=False)
-                for record, out in zip(group, outputs):
-                    row = candidate_row(record, out, plan[record["id"]], penalty or cfg.sampling.repetition_penalty,
-                                        split, settings)
-                    append_jsonl(path, row)
-                    done[record["id"]] = row
-                bar.update(len(group))
+    one_process = world_size() == 1
+    with tqdm(total=todo, desc=f"sampling rejected answers ({split})",
+              disable=not progress or not todo or not is_main_process()) as bar:
+        def sample(share: list[tuple[int, list[dict]]]) -> list[list[dict]]:
+            sampled = []
+            for number, chunk in share:
+                rows = sample_chunk(model, tokenizer, chunk, cfg, seed + 1000 * number, split, settings)
+                if one_process:  # appended as each chunk finishes: an interrupted run keeps them
+                    for row in rows:
+                        append_jsonl(path, row)
+                sampled.append(rows)
+                bar.update(len(chunk))
+            return sampled
+
+        new_rows = [row for rows in map_in_order(sample, pending) for row in rows]
+    if not one_process and is_main_process():
+        for row in new_rows:
+            append_jsonl(path, row)
+    wait_for_everyone()
+    done.update((row["id"], row) for row in new_rows)
     return [done[r["id"]] for r in records]
+
+
+def sample_chunk(model, tokenizer, chunk: list[dict], cfg: PreferenceConfig, chunk_seed: int, split: str,
+                 settings: str) -> list[dict]:
+    """candidates.jsonl rows of one chunk: plain samples first, then those drawn for the low repetition penalty
+    (sampled in their own batches with it, seed + 1)."""
+    plan = {r["id"]: assign_degradation(r["id"], cfg, cfg.sampling.seed) for r in chunk}
+    groups = {
+        None: [r for r in chunk if plan[r["id"]] != "low_repetition_penalty"],
+        cfg.low_repetition_penalty: [r for r in chunk if plan[r["id"]] == "low_repetition_penalty"],
+    }
+    rows = []
+    for offset, (penalty, group) in enumerate(groups.items()):
+        if not group:
+            continue
+        sampling = replace(cfg.sampling, seed=chunk_seed + offset)
+        outputs = generate(model, tokenizer, [r["prompt"] for r in group], sampling, repetition_penalty=penalty,
+                           progress=False)
+        rows += [candidate_row(record, out, plan[record["id"]], penalty or cfg.sampling.repetition_penalty, split,
+                               settings) for record, out in zip(group, outputs)]
+    return rows
 
 
 def candidate_row(record: dict, output: dict, degradation: str, penalty: float, split: str, settings: str) -> dict:
@@ -185,6 +209,27 @@ def candidate_row(record: dict, output: dict, degradation: str, penalty: float, 
         "ended_on_eos": output["ended_on_eos"], "new_tokens": output["new_tokens"],
         "think_leak": has_think_leak(sampled), "settings": settings,
     }
+
+
+def sample_with_sft_model(model_cfg, cfg: PreferenceConfig, sft_dir: Path, train_records: list[dict],
+                          val_records: list[dict], path: Path, progress: bool = True,
+                          log=print) -> tuple[list[dict], list[dict], str]:
+    """(train candidates, validation candidates, device): sft/merged loaded on this machine's device samples one
+    rejected answer per record into `path` (resumable; shared across processes under accelerate), then is freed."""
+    from ..models.loading import free_memory, load_causal_lm, load_tokenizer, select_backend
+
+    backend = select_backend(model_cfg, "bf16")
+    model_dir = Path(sft_dir) / "merged"
+    settings = settings_key(cfg, sft_identity(sft_dir))
+    tokenizer = load_tokenizer(str(model_dir), model_cfg.trust_remote_code)
+    model = load_causal_lm(str(model_dir), backend.device, backend.precision, model_cfg.trust_remote_code)
+    try:
+        train = generate_candidates(model, tokenizer, train_records, cfg, path, "train", settings, progress, log)
+        val = generate_candidates(model, tokenizer, val_records, cfg, path, "val", settings, progress, log)
+    finally:
+        del model
+        free_memory()  # room for the judge
+    return train, val, backend.device
 
 
 def sft_identity(sft_dir: Path) -> str:

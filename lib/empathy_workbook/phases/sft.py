@@ -15,7 +15,7 @@ from pathlib import Path
 from ..chat import tokenize_prompt_completion
 from ..config import SFTConfig as PhaseConfig
 from ..models.loading import Backend
-from .training import TrainingGuards, common_arguments, first_last
+from .training import TrainingGuards, common_arguments, first_last, rebalanced_rows
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -41,10 +41,10 @@ def training_arguments(cfg: PhaseConfig, backend: Backend, output_dir: Path, has
     from trl import SFTConfig
 
     return SFTConfig(**common_arguments(cfg.train, backend, output_dir, has_eval),
-                     completion_only_loss=True, packing=False, **batching_arguments(cfg))
+                     completion_only_loss=True, packing=False, **batching_arguments(cfg, rebalanced_rows(cfg.train)))
 
 
-def batching_arguments(cfg: PhaseConfig) -> dict:
+def batching_arguments(cfg: PhaseConfig, rebalanced: bool = False) -> dict:
     """SFTConfig fields for the configured batching (see config.SFTConfig.batching and bench/README.md).
 
     Padding-free joins a batch's rows into one sequence whose position ids restart at 0 for each row;
@@ -54,7 +54,7 @@ def batching_arguments(cfg: PhaseConfig) -> dict:
     """
     if cfg.batching == "padding_free":
         return {"padding_free": True, "max_length": None}
-    if cfg.batching == "length_grouped":
+    if cfg.batching == "length_grouped" and not rebalanced:  # the rebalancing sampler groups by length itself
         return {"max_length": cfg.train.max_length, "train_sampling_strategy": "group_by_length"}
     return {"max_length": cfg.train.max_length}
 
@@ -68,6 +68,10 @@ def trainer_class():
     """SFTTrainer with the project's guards (raw-loss check, memory in the logs)."""
     from transformers import Trainer
     from trl import SFTTrainer
+
+    from .trl_compat import install_lm_head_fallback
+
+    install_lm_head_fallback()  # TRL 1.15's fused LM head needs Triton and CUDA; torch does it elsewhere
 
     class GuardedSFTTrainer(TrainingGuards, SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -189,3 +193,34 @@ def end_of_turn_probability(model, tokenizer, records: list[dict]) -> float:
             logits = model(input_ids=ids).logits[0, -1].float()
             probabilities.append(logits.softmax(-1)[end].item())
     return statistics.median(probabilities)
+
+
+def train_phase(preset: str = "tiny", run_name: str = "demo", overrides: dict | None = None,
+                artifacts: Path | None = None) -> dict:
+    """Notebook 01's training as one call, in this process or in each of N (the `sft` command, notebook_launcher).
+
+    Tokenizes the data phase's rows, picks the backend, trains with resume, and saves the adapter, the merged
+    model, log_history.json and train_result.json (what the notebook reads back after a multi-process run).
+    Returns that result.
+    """
+    from ..distributed import main_process_first
+    from ..io import read_jsonl
+    from ..models.loading import load_tokenizer, resolve_model_path
+    from ..pipeline.runtime import process_context
+    from .training import load_model, prepare_backend, standard_callbacks, train_and_save
+
+    ctx = process_context("sft", preset, run_name, overrides, artifacts)
+    cfg, trust = ctx.cfg.sft, ctx.cfg.model.trust_remote_code
+    data_dir = ctx.input_dir("data")
+    backend = prepare_backend(ctx.cfg.model, cfg.train)  # before anything imports transformers (Unsloth)
+    with main_process_first():  # 'tiny' and 'random:' models are built on first use: once, by the main process
+        base_path = resolve_model_path(ctx.cfg.model.name_or_path)
+    tokenizer = load_tokenizer(base_path, trust)
+    train_ds = tokenized_dataset(read_jsonl(data_dir / "train.jsonl"), tokenizer, cfg.train.max_length)
+    val_ds = tokenized_dataset(read_jsonl(data_dir / "val.jsonl"), tokenizer, cfg.train.max_length)
+    model, peft_config = load_model(base_path, backend, cfg.train, cfg.lora, trust)
+    trainer = build_trainer(model, tokenizer, train_ds, training_arguments(cfg, backend, ctx.out / "checkpoints", True),
+                            eval_dataset=val_ds, peft_config=peft_config,
+                            callbacks=standard_callbacks(cfg.train, has_eval=True))
+    trainable, _ = trainable_parameters(trainer.model)
+    return train_and_save(trainer, backend, ctx, base_path, tokenizer, trust, trainable_parameters=trainable)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ..chat import one_per_question
 from ..config import LoraConfig, ModelConfig, SamplingConfig, TrainConfig
+from ..distributed import (gather_values, is_main_process, main_process_first, once_per_epoch_sampler,
+                           per_process_schedule, wait_for_everyone, world_size)
 from ..io import read_json, write_json
 from ..models.loading import Backend, free_memory, peak_memory_mb, resolve_model_path, select_backend  # noqa: F401 (training.free_memory in notebooks)
 
@@ -31,13 +33,16 @@ class NonFiniteLossError(RuntimeError):
 
 # --- backend and model ---
 
-def prepare_backend(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Backend:
-    """Choose the backend for this machine and, when it is Unsloth, import it before transformers/TRL/PEFT."""
+def prepare_backend(model_cfg: ModelConfig, train_cfg: TrainConfig, dpo: bool = False) -> Backend:
+    """Choose the backend for this machine and, when it is Unsloth, import it before transformers/TRL/PEFT
+    (and, for DPO, apply its DPO patch before TRL's DPOTrainer is imported)."""
     backend = select_backend(model_cfg, train_cfg.precision)
     if backend.name == "unsloth":
-        from ..models.loading import import_unsloth
+        from ..models.loading import import_unsloth, patch_unsloth_dpo
 
         import_unsloth()
+        if dpo:
+            patch_unsloth_dpo()
     return backend
 
 
@@ -107,21 +112,34 @@ def optimizer_name(train_cfg: TrainConfig, backend: Backend, log=print) -> str:
     return "adamw_torch"
 
 
+def rebalanced_rows(train_cfg: TrainConfig) -> bool:
+    """Whether rows are dealt by distributed.once_per_epoch_sampler: always in several processes (accelerate's
+    default would repeat rows to even out the last step), and in one when train.row_sampler asks for it."""
+    return world_size() > 1 or train_cfg.row_sampler == "rebalanced"
+
+
 def common_arguments(train_cfg: TrainConfig, backend: Backend, output_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments fields that SFTConfig and DPOConfig share, filled from a TrainConfig.
 
     Validation loss is measured before the first step and every eval_steps; with an eval set the best
     checkpoint (lowest eval_loss) is loaded at the end. The trainer's NaN/inf log filter is turned off:
-    a bad loss must be seen, not averaged away.
+    a bad loss must be seen, not averaged away. In N processes each one gets a share of the preset's
+    effective batch (distributed.per_process_schedule), so an update sees the same number of rows.
     """
     cpu = backend.device == "cpu"
+    batch_size, grad_accum = per_process_schedule(train_cfg.batch_size, train_cfg.grad_accum, world_size())
+    sampler = {"train_sampling_strategy": "batch_rebalance"} if rebalanced_rows(train_cfg) else {}
     return {
         "output_dir": str(output_dir),
         "num_train_epochs": train_cfg.epochs,
         "max_steps": train_cfg.max_steps,
-        "per_device_train_batch_size": train_cfg.batch_size,
-        "per_device_eval_batch_size": train_cfg.batch_size,
-        "gradient_accumulation_steps": train_cfg.grad_accum,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        **sampler,
+        # every LoRA weight gets a gradient in every step: DDP need not search the graph for unused ones (and the
+        # search breaks under reentrant gradient checkpointing)
+        "ddp_find_unused_parameters": False,
         "learning_rate": train_cfg.learning_rate,
         "warmup_steps": train_cfg.warmup_ratio,  # a float below 1 is read as a share of all updates
         "lr_scheduler_type": "linear",
@@ -165,9 +183,26 @@ def non_finite_advice(what: str, value: float, step: int, learning_rate: float, 
             "last good checkpoint only if the config is unchanged; a changed config starts fresh).")
 
 
+def row_lengths(dataset) -> list[int]:
+    """Tokens per training row: input_ids (SFT), or the prompt plus the longer answer of a preference pair (DPO)."""
+    if "input_ids" in dataset.column_names:
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(p) + max(len(c), len(r))
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+
+
 class TrainingGuards:
-    """Mixed into a TRL trainer (before it in the bases): checks the raw loss of every micro-batch and adds
-    peak memory to each log line."""
+    """Mixed into a TRL trainer (before it in the bases): checks the raw loss of every micro-batch, adds
+    peak memory to each log line, and deals rows with distributed.once_per_epoch_sampler when asked."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "batch_rebalance":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        return once_per_epoch_sampler(
+            row_lengths(dataset), args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            args.world_size, args.gradient_accumulation_steps, args.process_index, args.data_seed or args.seed)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         import torch
@@ -243,18 +278,24 @@ def train_with_resume(trainer, fingerprint: str | None = None, log=print) -> dic
     Returns what happened: resumed_from, global_step, max_steps, stopped_early, best_checkpoint, seconds.
     """
     checkpoint_dir = Path(trainer.args.output_dir)
-    resume = resume_checkpoint(checkpoint_dir, fingerprint, log)
+    # In N processes the main one decides (and removes stale checkpoints) first; the others then find the same
+    # folder and marker, so every process resumes from the same step.
+    with main_process_first():
+        resume = resume_checkpoint(checkpoint_dir, fingerprint, log)
+        if is_main_process():
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            write_json(checkpoint_dir / RUN_MARKER, {"fingerprint": fingerprint, "finished": False})
     if resume:
         log(f"resuming from {resume}")
         trainer.args.eval_on_start = False  # the step-0 evaluation is already in the restored log history
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    write_json(checkpoint_dir / RUN_MARKER, {"fingerprint": fingerprint, "finished": False})
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
-    write_json(checkpoint_dir / RUN_MARKER, {"fingerprint": fingerprint, "finished": True,
-                                             "global_step": state.global_step})
+    if is_main_process():
+        write_json(checkpoint_dir / RUN_MARKER, {"fingerprint": fingerprint, "finished": True,
+                                                 "global_step": state.global_step})
     return {
+        "fingerprint": fingerprint,
         "resumed_from": resume,
         "global_step": state.global_step,
         "max_steps": state.max_steps,
@@ -275,6 +316,53 @@ def write_log_history(trainer, path: Path) -> list[dict]:
     return history
 
 
+TRAIN_RESULT = "train_result.json"  # what a phase's training wrote, for a notebook that trained in other processes
+
+
+def write_training_result(trainer, phase_dir: Path, result: dict) -> None:
+    """log_history.json and train_result.json of a finished training (main process)."""
+    write_log_history(trainer, Path(phase_dir) / "log_history.json")
+    write_json(Path(phase_dir) / TRAIN_RESULT, result)
+
+
+def train_and_save(trainer, backend: Backend, ctx, base_path: str, tokenizer, trust_remote_code: bool = False,
+                   **extra) -> dict:
+    """The end of a phase's train_phase, in every process: train with resume, save the adapter and the merged model,
+    and (main process) write log_history.json and train_result.json. Returns the result, `extra` included."""
+    result = train_with_resume(trainer, fingerprint=ctx.fingerprint)
+    adapter_dir = save_adapter(trainer, ctx.out / "adapter")
+    save_merged(trainer, backend, adapter_dir, base_path, ctx.out / "merged", tokenizer, trust_remote_code)
+    result.update(extra, backend=backend.name, backend_reason=backend.reason, precision=backend.precision,
+                  load_in_4bit=backend.load_in_4bit, device=backend.device, processes=world_size(),
+                  peak_memory_mb_per_process=gather_values(round(peak_memory_mb(backend.device), 1)))
+    if is_main_process():
+        write_training_result(trainer, ctx.out, result)
+    return result
+
+
+def read_training_result(phase_dir: Path, fingerprint: str) -> tuple[dict, list[dict]]:
+    """(result, log history) written by a phase's train_phase; refuses a result made with another configuration."""
+    result = read_json(Path(phase_dir) / TRAIN_RESULT)
+    if result.get("fingerprint") != fingerprint:
+        raise RuntimeError(f"{Path(phase_dir) / TRAIN_RESULT} belongs to another configuration of this phase "
+                           "(its fingerprint differs): train again")
+    return result, read_json(Path(phase_dir) / "log_history.json")
+
+
+def train_in_processes(train_phase, preset: str, run_name: str, overrides: dict | None, ctx,
+                       num_processes: int) -> tuple[dict, list[dict], Backend]:
+    """From a notebook: run a phase's train_phase in `num_processes` processes (one per GPU), then read back what
+    they wrote. Returns (result, log history, the backend the processes used)."""
+    from ..distributed import launch_in_notebook
+
+    artifacts = ctx.paths.root.parent.parent  # artifacts/runs/<run> -> artifacts
+    launch_in_notebook(train_phase, (preset, run_name, overrides, artifacts), num_processes)
+    result, history = read_training_result(ctx.out, ctx.fingerprint)
+    backend = Backend(result["backend"], result["device"], result["load_in_4bit"], result["precision"],
+                      result["backend_reason"])
+    return result, history, backend
+
+
 def series(log_history: list[dict], key: str) -> list[float]:
     """The values of one logged key, in step order."""
     return [float(row[key]) for row in log_history if key in row]
@@ -289,15 +377,26 @@ def first_last(log_history: list[dict], key: str) -> tuple[float | None, float |
 # --- saving ---
 
 def save_adapter(trainer, folder: Path, tokenizer=None) -> Path:
-    """Save the trained adapter (the best one when early stopping loaded it), atomically."""
+    """Save the trained adapter (the best one when early stopping loaded it), atomically.
+
+    In N processes every process calls this (a DeepSpeed or FSDP model is gathered from all of them through the
+    trainer's save_model); the main process writes and renames, the others wait until the folder is there.
+    """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    if is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    if world_size() > 1:
+        wait_for_everyone()
+        trainer.save_model(str(tmp))
+    else:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    if is_main_process():
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    wait_for_everyone()
     return folder
 
 
@@ -329,11 +428,20 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
                                                 trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(torch_dtype(dtype))
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+
+    return _publish_merged(write, base_path, out_dir)
+
+
+def _publish_merged(write, base_path: str, out_dir: Path) -> Path:
+    """Have `write(tmp)` fill a temporary folder, add the base's converter vocabulary, then rename it to out_dir."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    write(tmp)
     # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
     # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
     from ..models.packaged import CONVERTER_VOCAB_DIR
@@ -343,6 +451,25 @@ def merge_and_save(adapter_dir: Path, base_name_or_path: str, out_dir: Path, tok
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once
     return out_dir
+
+
+def save_merged(trainer, backend: Backend, adapter_dir: Path, base_name_or_path: str, out_dir: Path, tokenizer,
+                trust_remote_code: bool = False) -> Path:
+    """The phase's merged 16-bit model in out_dir, written by the main process (the others wait for it).
+
+    Unsloth merges with its own merged_16bit save, which adds the adapter to the base's original 16-bit weights
+    (not to the 4-bit copy it trained on). Every other backend merges the saved adapter with merge_and_save.
+    """
+    if is_main_process():
+        if backend.name == "unsloth":
+            base_path = resolve_model_path(base_name_or_path)
+            _publish_merged(lambda tmp: trainer.model.save_pretrained_merged(str(tmp), tokenizer,
+                                                                             save_method="merged_16bit"),
+                            base_path, out_dir)
+        else:
+            merge_and_save(adapter_dir, base_name_or_path, out_dir, tokenizer, trust_remote_code)
+    wait_for_everyone()
+    return Path(out_dir)
 
 
 # --- side-by-side spot check (the same prompts in 01 and 03) ---

@@ -27,7 +27,7 @@ from ..config import load_config
 from ..io import read_json, write_json
 from ..paths import ARTIFACTS_DIR, NOTEBOOKS_DIR, RunPaths
 from .fingerprint import notebook_digest  # noqa: F401  (part of the runner's interface)
-from ..registry import NOTEBOOKS, PHASE_INPUTS, PHASES, upstream
+from ..registry import MULTI_PROCESS_PHASES, NOTEBOOKS, PHASE_INPUTS, PHASES, upstream
 from .runtime import FINGERPRINT_FILE, fingerprint_payload, payload_hash
 
 PHASE_ORDER = list(PHASES)  # data, sft, preferences, dpo, export, eval
@@ -94,9 +94,11 @@ def ancestors(phase: str) -> list[str]:
 # ---------------------------------------------------------------- parameters
 
 
-def runner_parameters(phase: str, preset: str, run_name: str) -> dict:
-    """The papermill parameters the runner passes to a phase's notebook."""
-    return {"preset": preset, "run_name": run_name, **EXTRA_PARAMETERS.get(phase, {})}
+def runner_parameters(phase: str, preset: str, run_name: str, num_processes: int = 1) -> dict:
+    """The papermill parameters the runner passes to a phase's notebook (num_processes only where it trains in
+    several processes: a one-process run passes exactly what it always did)."""
+    extra = {"num_processes": num_processes} if num_processes > 1 and phase in MULTI_PROCESS_PHASES else {}
+    return {"preset": preset, "run_name": run_name, **EXTRA_PARAMETERS.get(phase, {}), **extra}
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -199,8 +201,12 @@ def first_code_line(source: str) -> str:
 def run_pipeline(preset: str = "tiny", run_name: str = "demo", from_phase: str | None = None,
                  to_phase: str | None = None, force: bool = False, notebooks_dir: Path | None = None,
                  artifacts: Path | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, num_processes: int = 1) -> dict:
     """Execute notebooks 00-05 (or a range) in order, reusing unchanged phases; returns the summary.
+
+    num_processes > 1: notebooks 01 and 03 train in that many processes, one per GPU (their num_processes
+    parameter). The number of processes is not part of a phase's fingerprint: the rows of every update are the
+    same (README, "More than one GPU"), so a phase trained on one GPU is reused on four and the other way round.
 
     Raises PhaseFailed at the first failing notebook (after writing summary.json and report.html).
     """
@@ -213,7 +219,7 @@ def run_pipeline(preset: str = "tiny", run_name: str = "demo", from_phase: str |
 
     run_range = plan.phases[plan.phases.index(plan.start):]
     for phase in run_range:  # every notebook checked before the first one runs
-        check_parameters(notebooks_dir / NOTEBOOKS[phase], runner_parameters(phase, preset, run_name))
+        check_parameters(notebooks_dir / NOTEBOOKS[phase], runner_parameters(phase, preset, run_name, num_processes))
     for phase in plan.phases[: plan.phases.index(plan.start)]:
         if not (paths.root / phase / "metrics.json").exists():
             raise RunnerError(f"--from {plan.start} reuses phase {phase!r}, but {paths.root / phase}/metrics.json "
@@ -252,7 +258,8 @@ def run_pipeline(preset: str = "tiny", run_name: str = "demo", from_phase: str |
             result.reason, result.executed = reason, str(executed)
             t0 = time.perf_counter()
             try:
-                execute_notebook(phase, notebook, executed, runner_parameters(phase, preset, run_name), progress)
+                execute_notebook(phase, notebook, executed, runner_parameters(phase, preset, run_name, num_processes),
+                                 progress)
             except PhaseFailed:
                 result.status, result.seconds = "failed", round(time.perf_counter() - t0, 2)
                 raise

@@ -152,6 +152,21 @@ def start_phase(phase: str, preset: str = "tiny", run_name: str = "demo", overri
     return ctx
 
 
+def process_context(phase: str, preset: str = "tiny", run_name: str = "demo", overrides: dict | None = None,
+                    artifacts: Path | None = None) -> PhaseContext:
+    """start_phase for code that may run in several processes (distributed.py): the main process writes the
+    phase's config and fingerprint files; the others build the same context without writing anything."""
+    from ..distributed import is_main_process
+
+    if is_main_process():
+        return start_phase(phase, preset, run_name, overrides, artifacts)
+    cfg = load_config(preset, overrides)
+    paths = RunPaths.for_run(run_name, artifacts)
+    require_inputs(phase, paths)
+    seed_everything(cfg.seed)
+    return PhaseContext(phase, cfg, paths, paths.phase(phase), phase_fingerprint(phase, cfg, paths))
+
+
 def finish_phase(ctx: PhaseContext, metrics: dict) -> dict:
     """Write metrics.json (with wall time, peak memory and the fingerprint) and print a summary."""
     from ..models.loading import peak_memory_mb
