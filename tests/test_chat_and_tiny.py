@@ -31,9 +31,12 @@ def test_template_renders_qwen3_non_thinking_format(tokenizer):
 def test_generation_prompt_ends_with_empty_think_block(tokenizer):
     text = render_prompt(tokenizer, prompt_messages("Be kind.", "I fell."))
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    thinking = tokenizer.apply_chat_template(prompt_messages("Be kind.", "I fell."), tokenize=False,
-                                             add_generation_prompt=True)
-    assert thinking.endswith("<|im_start|>assistant\n")  # default (thinking) mode, as Qwen3 does
+    # Unlike Qwen3's own template, the project's is non-thinking with the flag left out (llama.rn then sends
+    # enable_thinking=true) and even with enable_thinking=true: the model never learnt to think
+    for kwargs in ({}, {"enable_thinking": True}):
+        unflagged = tokenizer.apply_chat_template(prompt_messages("Be kind.", "I fell."), tokenize=False,
+                                                  add_generation_prompt=True, **kwargs)
+        assert unflagged == text
 
 
 def test_training_prompt_is_the_inference_prompt_byte_for_byte(chat_tokenizer):

@@ -140,6 +140,8 @@ def test_setup_builds_llama_cpp_with_cuda_when_nvcc_exists(tmp_path, with_nvcc):
     bin_dir.mkdir()
     venv_bin.mkdir(parents=True)
     log = tmp_path / "calls.log"
+    # build_llama_cpp.sh (llama-cpp-python + llama-server from one compile, cached by CMAKE_ARGS) is recorded only
+    fake_tool(tmp_path / "scripts", "build_llama_cpp.sh", f'echo "BUILD_LLAMA CMAKE_ARGS=$CMAKE_ARGS" >> {log}')
     fake_tool(bin_dir, "nvidia-smi", 'echo "GPU 0: fake"')
     if with_nvcc:
         fake_tool(bin_dir, "nvcc", "exit 0")
@@ -150,9 +152,10 @@ def test_setup_builds_llama_cpp_with_cuda_when_nvcc_exists(tmp_path, with_nvcc):
     subprocess.run(["bash", str(tmp_path / "scripts" / "setup_venv.sh")], check=True, env=env, capture_output=True)
     calls = log.read_text().splitlines()
     installs = [c for c in calls if "pip install" in c]
+    builds = [c for c in calls if c.startswith("BUILD_LLAMA")]
+    assert len(builds) == 1  # the build is cached per CMAKE_ARGS, so a cached CPU build never serves a CUDA setup
     if with_nvcc:
-        rebuild = [c for c in installs if "llama-cpp-python==" in c]
-        assert rebuild and "-DGGML_CUDA=on" in rebuild[0] and "--no-cache-dir" in rebuild[0]
+        assert "-DGGML_CUDA=on" in builds[0]
     else:
-        assert all("GGML_CUDA" not in c for c in installs)
+        assert "GGML_CUDA" not in builds[0] and all("GGML_CUDA" not in c for c in installs)
     assert any(".[gpu,dev,lab]" in c for c in installs)

@@ -14,6 +14,7 @@ import pytest
 from empathy_workbook.config import ConfigError, load_config
 from empathy_workbook.io import sha256_file
 from empathy_workbook.llamacpp import file_checks as gguf_checks
+from empathy_workbook.llamacpp import phone
 from empathy_workbook.llamacpp.convert import is_qwen2_pre_tokenizer, pre_tokenizer_spec
 from empathy_workbook.phases import export
 from helpers import reference_qwen3_tokenizer
@@ -69,7 +70,41 @@ def test_the_phone_gets_the_named_format_else_q4_k_m_else_the_first():
     assert export.deploy_format(["Q8_0", "Q4_K_M"]) == "Q4_K_M"
     assert export.deploy_format(["Q8_0", "Q6_K"]) == "Q8_0"
     assert export.deploy_format(["Q4_K_M", "Q8_0"], deploy="Q8_0") == "Q8_0"
-    assert load_config("gemma3-270m").export.deploy == "Q8_0"  # Q4_K_M erases its fine-tune (see the preset)
+    for preset in ("gemma3-270m", "qwen3-0.6b"):  # the real presets measure it (gemma's Q4_K_M erases its fine-tune)
+        assert load_config(preset).export.deploy == "auto"
+    with pytest.raises(ConfigError, match="min_stop_rate"):
+        load_config("tiny", {"export": {"min_stop_rate": 1.5}})
+
+
+CANDIDATES = [{"format": "Q8_0", "bytes": 300, "kld_mean": 0.005}, {"format": "Q4_K_M", "bytes": 100, "kld_mean": 0.48},
+              {"format": "Q5_K_M", "bytes": 150, "kld_mean": 0.04}]
+
+
+def test_auto_takes_the_smallest_format_within_both_limits_and_says_why():
+    measured = []
+
+    def stop_rate(fmt):
+        measured.append(fmt)
+        return {"Q5_K_M": 0.8, "Q8_0": 0.93}[fmt]
+
+    choice = phone.choose_deploy(CANDIDATES, max_kld=0.1, min_stop_rate=0.9, stop_rate_of=stop_rate)
+    assert choice["format"] == "Q8_0"
+    assert measured == ["Q5_K_M", "Q8_0"]  # Q4_K_M fails the KL limit first: the server never runs on it
+    assert [r["format"] for r in choice["candidates"]] == ["Q4_K_M", "Q5_K_M", "Q8_0"]
+    assert "KL divergence 0.4800 > 0.1" in choice["reason"] and "stop rate 80% < 90%" in choice["reason"]
+    easier = phone.choose_deploy(CANDIDATES, max_kld=0.5, min_stop_rate=0.5, stop_rate_of=lambda f: 0.9)
+    assert easier["format"] == "Q4_K_M" and easier["candidates"][-1]["verdict"] == "larger than the choice"
+    none = phone.choose_deploy(CANDIDATES, max_kld=0.01, min_stop_rate=0.95, stop_rate_of=lambda f: 0.93)
+    assert none["format"] is None and none["reason"].startswith("no format is within the limits")
+
+
+def test_a_hand_set_format_wins_and_the_summary_says_what_auto_would_choose():
+    auto = phone.choose_deploy(CANDIDATES, max_kld=0.1, min_stop_rate=0.9, stop_rate_of=lambda f: 0.95)
+    hand = export.deploy_choice({"setting": "Q8_0", "deploy": "Q8_0", "auto": auto, "auto_differs": True})
+    assert hand["format"] == "Q8_0" and hand["auto_format"] == "Q5_K_M"
+    assert "auto would have chosen Q5_K_M" in hand["reason"]
+    chosen = export.deploy_choice({"setting": "auto", "deploy": "Q5_K_M", "auto": auto, "auto_differs": False})
+    assert chosen["reason"] == auto["reason"] and "smallest format within the limits" in chosen["reason"]
 
 
 def test_model_folder_without_weights_is_refused(tmp_path):
@@ -151,12 +186,16 @@ def converter_dir():
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory, tiny_path, tiny_cfg, records, converter_dir):
     """The tiny model exported to F16, Q4_K_M and Q8_0, every check run once."""
+    from empathy_workbook.config import data_path
+    from empathy_workbook.phases.evaluate import load_suite
+
     out = tmp_path_factory.mktemp("export")
-    cfg = load_config("tiny", {"export": {"quants": ["Q4_K_M", "Q8_0"], "kld_max_texts": 6, "parity_prompts": 3}}).export
-    result = export.export_all(Path(tiny_path), out, cfg.quants, converter_dir)
-    checks = export.verify_export(result["files"], Path(tiny_path), records[1], cfg)
-    metrics = export.export_metrics(result["files"], checks, result["conversion"], result["quantization"])
-    return {"out": out, "files": result["files"], "checks": checks, "metrics": metrics}
+    cfg = load_config("tiny", {"export": {"quants": ["Q4_K_M", "Q8_0"], "kld_max_texts": 6, "parity_prompts": 3}})
+    suite = [p.messages for p in load_suite(data_path(cfg.eval.suite), cfg.data.system_prompt)]
+    result = export.export_all(Path(tiny_path), out, cfg.export.quants, converter_dir)
+    checks = export.verify_export(result["files"], Path(tiny_path), records[1], cfg, suite, records[0], out)
+    metrics = export.export_metrics(result["files"], checks, result["conversion"], result["quantization"], cfg.export)
+    return {"out": out, "files": result["files"], "checks": checks, "metrics": metrics, "suite": suite}
 
 
 @pytest.mark.slow
@@ -183,8 +222,30 @@ def test_tiny_export_passes_every_check(tiny_export):
 def test_chat_prompt_from_the_file_is_the_training_prompt(tiny_export):
     chat = tiny_export["checks"]["chat"]
     assert chat["formatter_prompt_matches_training"]
-    # llama-cpp-python's default formatter cannot pass enable_thinking=False: it renders the thinking prompt
-    assert not chat["default_formatter_matches_training"]
+    # llama-cpp-python's default formatter cannot pass enable_thinking=False; the file's template needs no flag
+    assert chat["default_formatter_matches_training"]
+
+
+@pytest.mark.slow
+def test_llama_server_renders_and_stops_like_training_on_the_phone_file(tiny_export):
+    phone_result, metrics = tiny_export["checks"]["phone"], tiny_export["metrics"]
+    rows = phone_result["rendering"]["rows"]
+    # every evaluation conversation (parity prompts + the suite), with enable_thinking false and without it
+    assert len(rows) == 2 * (3 + len(tiny_export["suite"])) and {r["mode"] for r in rows} == set(phone.RENDER_MODES)
+    assert all(r["text_equal"] and r["ids_equal"] for r in rows), phone_result["rendering"]["failures"]
+    served = phone_result["server"]
+    assert served["answers"] == len(tiny_export["suite"]) == 30
+    assert sum(served["stop_types"].values()) == 30 and served["think_blocks"] == 0
+    assert metrics["server_stop_rate"] >= 0.9 and metrics["server_stops_on_end_of_turn"]
+    assert abs(metrics["server_stop_rate"] - metrics["python_stop_rate"]) <= 0.2 and metrics["server_matches_python"]
+    # the preset leaves export.deploy unset: Q4_K_M ships, and the choice says what auto thinks of it
+    choice = metrics["deploy_choice"]
+    assert choice["format"] == "Q4_K_M" and metrics["deploy_within_limits"]
+    assert [c["format"] for c in choice["candidates"]] == ["Q4_K_M", "Q8_0"]  # smallest first
+    assert choice["auto_differs"] == (choice["auto_format"] != "Q4_K_M")
+    assert choice["reason"].startswith("export.deploy is unset")
+    settings = tiny_export["checks"]["phone_settings"]
+    assert settings["n_predict"] > 0 and settings["stop"][0] == "<|im_end|>" and settings["enable_thinking"] is False
 
 
 @pytest.mark.slow

@@ -99,8 +99,11 @@ def test_export_writes_k_quants_with_measured_quality_and_token_parity(metrics):
 
 
 def test_the_phone_file_keeps_the_fine_tune(metrics):
-    """The preset ships Q8_0 (export.deploy): re-quantizing to Q4_K_M rounds this short fine-tune back onto the
-    base's own Q4_K_M grid (0 of 30 suite answers stopped; bench/bench_requantization.py), Q8_0 keeps it
-    (27 of 30 stopped in that measurement, 2026-12-02)."""
-    assert metrics["export"]["deploy_file"] == "model-q8_0.gguf"
+    """deploy: auto ships Q8_0: re-quantizing to Q4_K_M rounds this short fine-tune back onto the base's own
+    Q4_K_M grid (KL divergence 0.48 from F16, 0 of 30 suite answers stopped; bench/bench_requantization.py), Q8_0
+    keeps it (27 of 30 stopped in that measurement, 2026-12-02). The server check then runs on Q8_0."""
+    choice = metrics["export"]["deploy_choice"]
+    assert metrics["export"]["deploy_file"] == "model-q8_0.gguf" and choice["setting"] == "auto", choice
+    assert choice["candidates"][0]["format"] == "Q4_K_M" and "KL divergence" in choice["candidates"][0]["verdict"]
+    assert metrics["export"]["server_stop_rate"] >= 0.9 and metrics["export"]["server_renders_training_prompt"]
     assert metrics["eval"]["models"]["gguf"]["suite_ended_on_eos_rate"] >= 0.8, metrics["eval"]["models"]["gguf"]

@@ -47,3 +47,6 @@ def test_the_real_shapes_and_tokenizer_went_all_the_way_to_gguf(summary):
     # the converter recognised Qwen's pre-tokenizer by its hash (no fallback), and llama.cpp splits text as HF does
     assert export["pre_tokenizer"] == "qwen2" and export["pre_tokenizer_fallback"] is False
     assert export["tokenization_parity"] and export["template_roundtrip"] and export["stop_tokens_ok"]
+    # Qwen3's official template in the model folder, the project's non-thinking one in the GGUF: llama.cpp renders
+    # the training prompt from the file with and without enable_thinking
+    assert export["server_renders_training_prompt"] is True

@@ -275,8 +275,25 @@ class DPOConfig:
 @dataclass
 class ExportConfig:
     quants: list = _help("quantized formats to write besides F16", factory=lambda: ["Q4_K_M"])
-    deploy: str = _help("the format the phone gets, one of quants ('' = Q4_K_M when exported, else the first "
-                        "listed); evaluated in notebook 05 and named in the report", "")
+    deploy: str = _help("the format the phone gets: one of quants, 'auto' (the smallest format within auto_max_kld "
+                        "and min_stop_rate, measured) or '' (Q4_K_M when exported, else the first listed); evaluated "
+                        "in notebook 05 and named in the report", "")
+    # Why 0.1: Llama-3-8B's Q4_K_M is at 0.031 (llama.cpp's perplexity README) and models under 1 B lose more
+    # (SmolLM2-135M's Q4_K_M: 0.05); the gemma3-270m Q4_K_M that rounded its fine-tune away was at 0.48.
+    auto_max_kld: float = _help("deploy: auto takes no format whose mean KL divergence from F16 (validation answer "
+                                "tokens) is above this", 0.1)
+    min_stop_rate: float = _help("share of the suite's answers through llama-server, with phone_settings.json, that "
+                                 "must end on an end-of-generation token rather than at n_predict (the phone file must "
+                                 "reach it; deploy: auto requires it of its choice)", 0.9)
+    stop_rate_tolerance: float = _help("largest allowed difference between the suite stop rates of llama-server and "
+                                       "of llama-cpp-python on the phone file (same settings, 30 prompts: a sampling "
+                                       "difference of 2 SD is about 0.15)", 0.2)
+    phone_prompts: int = _help("suite prompts answered through llama-server and llama-cpp-python for the stop checks "
+                               "(0 = the whole suite)", 0)
+    imatrix: bool = _help("quantize with an importance matrix computed by llama-imatrix from the training chats "
+                          "(bench/bench_imatrix.py compares it with plain quantization)", False)
+    imatrix_chunks: int = _help("llama-imatrix chunks of imatrix_ctx tokens read from the training chats (-1 = all)", 64)
+    imatrix_ctx: int = _help("tokens per llama-imatrix chunk", 512)
     kld_max_texts: int = _help("validation answers used for perplexity and KL divergence", 32)
     parity_prompts: int = _help("prompts checked for greedy parity (transformers vs F16 GGUF)", 4)
     parity_tokens: int = _help("first K greedy tokens that must match", 16)
@@ -296,8 +313,15 @@ class ExportConfig:
         _require(not bad, f"export.quants has {bad}: choose from {sorted(allowed)}")
         _require(len(self.quants) > 0, f"export.quants is empty: list at least one of {sorted(allowed)} (Q4_K_M for phones)")
         _require(len(set(self.quants)) == len(self.quants), f"export.quants lists a format twice: {self.quants}")
-        _require(not self.deploy or self.deploy in self.quants,
-                 f"export.deploy={self.deploy!r} is not among export.quants {self.quants}: add it or change deploy")
+        _require(not self.deploy or self.deploy == "auto" or self.deploy in self.quants,
+                 f"export.deploy={self.deploy!r} is not among export.quants {self.quants}: add it, or use 'auto'")
+        _require(self.auto_max_kld > 0, f"export.auto_max_kld={self.auto_max_kld}: use a positive KL divergence, e.g. 0.1")
+        for name in ("min_stop_rate", "stop_rate_tolerance"):
+            _require(0 <= getattr(self, name) <= 1, f"export.{name}={getattr(self, name)}: use a share in [0, 1]")
+        _require(self.phone_prompts >= 0, f"export.phone_prompts={self.phone_prompts}: use 0 (whole suite) or a count")
+        _require(self.imatrix_chunks == -1 or self.imatrix_chunks >= 1,
+                 f"export.imatrix_chunks={self.imatrix_chunks}: use -1 (all) or at least 1")
+        _require(self.imatrix_ctx >= 64, f"export.imatrix_ctx={self.imatrix_ctx}: use at least 64 tokens")
         for name in ("kld_max_texts", "parity_prompts", "parity_tokens", "answer_prompts", "chat_max_tokens"):
             _require(getattr(self, name) >= 1, f"export.{name}={getattr(self, name)}: use at least 1")
         _require(self.n_threads >= 0, f"export.n_threads={self.n_threads}: use 0 (all cores) or a positive count")

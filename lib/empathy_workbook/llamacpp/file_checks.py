@@ -147,10 +147,10 @@ def _row_length(tensor) -> int:
 
 
 def template_roundtrip(path: Path, tokenizer) -> bool:
-    """True when the chat template stored in the GGUF equals the tokenizer's, byte for byte."""
+    """True when the chat template stored in the GGUF is this project's template for the model's family, byte for
+    byte (export.phone_template: the one that renders the training prompt whatever the app sends)."""
     stored = gguf_metadata(path, ["tokenizer.chat_template"]).get("tokenizer.chat_template")
-    expected = tokenizer.chat_template
-    return isinstance(stored, str) and isinstance(expected, str) and stored.encode() == expected.encode()
+    return isinstance(stored, str) and stored.encode() == family_of(tokenizer).template_text().encode()
 
 
 def stop_token_report(path: Path, tokenizer) -> dict:

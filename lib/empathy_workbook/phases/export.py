@@ -40,11 +40,14 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..chat import render_prompt
+from ..chat import encode_messages, render_prompt
+from ..family import family_of
 from ..io import sha256_file, write_json
+from ..llamacpp import phone
 from ..llamacpp.file_checks import (EDGE_TEXTS, GGUFError, quant_type_report, stop_token_report, template_roundtrip,
-                          tokenization_parity, verify_gguf_file)
-from ..llamacpp.inference import quiet, threads
+                                    tokenization_parity, verify_gguf_file)
+from ..llamacpp.imatrix import calibration_text, compute_imatrix, quantize_with_imatrix
+from ..llamacpp.inference import gguf_context_length, quiet, threads
 from ..llamacpp.quality import chat_stop_check, distinct_prompts, greedy_parity, quality_report, scoring_examples
 from ..paths import cache_dir
 
@@ -183,29 +186,44 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def converter_view(model_dir: Path):
-    """The folder the converter should read: model_dir itself, or, when model_dir carries SentencePiece
-    files for the converter (models.packaged.CONVERTER_VOCAB_DIR: tokenizer.model, added_tokens.json), a temporary
-    folder of links to model_dir's files plus those files, so that transformers never sees them."""
+def converter_view(model_dir: Path, chat_template: str | None = None):
+    """The folder the converter should read: model_dir itself, or a temporary folder of links to model_dir's files
+    when something must differ for the converter only:
+
+    - model_dir carries SentencePiece files for the converter (models.packaged.CONVERTER_VOCAB_DIR: tokenizer.model,
+      added_tokens.json): they join the view, so that transformers never sees them;
+    - chat_template is given: the view's tokenizer_config.json and chat_template.jinja hold it, so the GGUF carries
+      that template while the model folder keeps its own (Qwen3's official one stays there for Python users).
+    """
     from ..models.packaged import CONVERTER_VOCAB_DIR
 
     model_dir = Path(model_dir)
     vocab = model_dir / CONVERTER_VOCAB_DIR
-    if not vocab.is_dir():
+    if not vocab.is_dir() and chat_template is None:
         yield model_dir
         return
+    replaced = {"tokenizer_config.json", "chat_template.jinja", "chat_template.json"} if chat_template is not None else set()
+    extra = list(vocab.iterdir()) if vocab.is_dir() else []
     with tempfile.TemporaryDirectory(prefix="convert-") as tmp:
         view = Path(tmp) / model_dir.name
         view.mkdir()
-        for item in [*model_dir.iterdir(), *vocab.iterdir()]:
-            if item.name != CONVERTER_VOCAB_DIR and not (view / item.name).exists():
+        for item in [*model_dir.iterdir(), *extra]:
+            if item.name != CONVERTER_VOCAB_DIR and item.name not in replaced and not (view / item.name).exists():
                 (view / item.name).symlink_to(item.resolve())
+        if chat_template is not None:
+            # the converter (gguf-py's SpecialVocab) takes tokenizer_config.json's chat_template first
+            config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+            config["chat_template"] = chat_template
+            (view / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+            (view / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
         yield view
 
 
 def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None = None, outtype: str = "f16",
-                    vocab_only: bool = False, log=print) -> dict:
+                    vocab_only: bool = False, chat_template: str | None = None, log=print) -> dict:
     """Convert an HF model folder to GGUF with llama.cpp's converter; returns what happened.
+
+    chat_template: the template the file carries (None: the folder's own); the export passes phone_template's.
 
     Result keys: path, bytes, seconds, pre_tokenizer (what tokenizer.ggml.pre was set to),
     pre_tokenizer_fallback (True only when the narrow Qwen2-split fallback answered), gguf_module.
@@ -225,7 +243,7 @@ def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None 
         cmd.append("--vocab-only")
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
     started = time.perf_counter()
-    with converter_view(model_dir) as view:
+    with converter_view(model_dir, chat_template) as view:
         cmd[cmd.index(str(model_dir))] = str(view)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
@@ -247,29 +265,54 @@ def convert_to_gguf(model_dir: Path, out_path: Path, converter_dir: Path | None 
             "gguf_module": report["gguf_module"], "log": str(log_path)}
 
 
-def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int = 0) -> dict:
-    """Quantize an F16 GGUF with llama.cpp's quantizer (llama_model_quantize); returns bytes and seconds."""
+def phone_template(tokenizer) -> str:
+    """The chat template every exported file carries: this project's template for the model's family.
+
+    It renders the training prompt whatever the app sends: Qwen3's is non-thinking even when enable_thinking is
+    left out (llama.rn then sends true). The model folder keeps its own template (Qwen3's official one, for Python
+    users); the export checks prove both render the same prompts.
+    """
+    return family_of(tokenizer).template_text()
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int = 0, imatrix: Path | None = None) -> dict:
+    """Quantize an F16 GGUF with llama.cpp's quantizer; returns bytes and seconds.
+
+    Without an importance matrix: llama_model_quantize through llama-cpp-python. With one (a llama-imatrix file):
+    llama.cpp's llama-quantize tool, built with llama-cpp-python from the same sources (the Python API cannot
+    pass an imatrix).
+    """
     import llama_cpp
 
     if quant not in QUANT_FTYPES:
         raise ValueError(f"unknown quant {quant!r}: choose from {sorted(QUANT_FTYPES)}")
     src, dst = Path(src), Path(dst)
     verify_gguf_file(src)
-    quiet()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
-    params.nthread = threads(n_threads)
     partial = _partial_path(dst)
     partial.unlink(missing_ok=True)
     started = time.perf_counter()
-    status = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    if imatrix is not None:
+        quantize_with_imatrix(src, partial, quant, Path(imatrix), n_threads)
+    else:
+        quiet()
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
+        params.nthread = threads(n_threads)
+        status = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+        if status != 0:
+            partial.unlink(missing_ok=True)
+            raise GGUFError(f"llama_model_quantize({src.name} → {quant}) returned {status}")
     seconds = time.perf_counter() - started
-    if status != 0:
-        partial.unlink(missing_ok=True)
-        raise GGUFError(f"llama_model_quantize({src.name} → {quant}) returned {status}")
     summary = verify_gguf_file(partial)
     os.replace(partial, dst)
-    return {"path": str(dst), "bytes": summary["bytes"], "seconds": round(seconds, 2)}
+    return {"path": str(dst), "bytes": summary["bytes"], "seconds": round(seconds, 2), "imatrix": imatrix is not None}
+
+
+def make_imatrix(f16_path: Path, train_records: list[dict], tokenizer, cfg, out_dir: Path) -> dict:
+    """llama-imatrix over the training chats (cfg: ExportConfig: imatrix_ctx, imatrix_chunks, n_threads)."""
+    text = calibration_text(train_records, tokenizer)
+    return compute_imatrix(f16_path, text, Path(out_dir) / "imatrix.gguf", n_ctx=cfg.imatrix_ctx,
+                           chunks=cfg.imatrix_chunks, n_threads=cfg.n_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,57 +325,85 @@ def manifest_entry(path: Path, fmt: str) -> dict:
 
 
 def export_all(model_dir: Path, out_dir: Path, quants: list[str], converter_dir: Path | None = None,
-               n_threads: int = 0, log=print) -> dict:
-    """Convert to F16 and quantize; returns {"files": {fmt: path}, "conversion": ..., "quantization": ...}."""
+               n_threads: int = 0, imatrix: Path | None = None, log=print) -> dict:
+    """Convert to F16 (carrying phone_template) and quantize (with an importance matrix when given).
+
+    Returns {"files": {fmt: path}, "conversion": ..., "quantization": ...}.
+    """
+    from ..models.loading import load_tokenizer
+
     out_dir = Path(out_dir)
-    conversion = convert_to_gguf(model_dir, out_dir / format_filename("F16"), converter_dir, log=log)
+    template = phone_template(load_tokenizer(str(model_dir)))
+    conversion = convert_to_gguf(model_dir, out_dir / format_filename("F16"), converter_dir, chat_template=template,
+                                 log=log)
     files = {"F16": Path(conversion["path"])}
     quantization = {}
     for quant in quants:
-        quantization[quant] = quantize_gguf(files["F16"], out_dir / format_filename(quant), quant, n_threads)
+        quantization[quant] = quantize_gguf(files["F16"], out_dir / format_filename(quant), quant, n_threads, imatrix)
         files[quant] = Path(quantization[quant]["path"])
         log(f"{quant}: {quantization[quant]['bytes'] / 2**20:.1f} MiB in {quantization[quant]['seconds']:.1f} s")
     return {"files": files, "conversion": conversion, "quantization": quantization}
 
 
-def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], cfg) -> dict:
-    """Run every check on exported files (cfg: ExportConfig); returns one dict of results per check."""
+def verify_export(files: dict[str, Path], model_dir: Path, records: list[dict], cfg, suite: list[list[dict]],
+                  train_records: list[dict], log_dir: Path) -> dict:
+    """Run every check on exported files; returns one dict of results per check.
+
+    cfg: the RunConfig (export's settings, and eval's word budget and sampling for the phone settings); records:
+    validation records; suite: the evaluation suite's conversations; train_records: training records (tokens per
+    word for n_predict); log_dir: where llama-server's logs go.
+    """
     from ..models.loading import load_causal_lm, load_tokenizer
 
-    n_threads = cfg.n_threads
-
+    ecfg = cfg.export
+    n_threads = ecfg.n_threads
     tokenizer = load_tokenizer(str(model_dir))
     hf_model = load_causal_lm(str(model_dir))
     quants = {q: p for q, p in files.items() if q != "F16"}
-    deploy = deploy_format(list(quants), cfg.deploy)
-    examples = scoring_examples(records, tokenizer, cfg.kld_max_texts)
-    conversations = distinct_prompts(records, cfg.parity_prompts)
+    examples = scoring_examples(records, tokenizer, ecfg.kld_max_texts)
+    conversations = distinct_prompts(records, ecfg.parity_prompts)
     texts = [e["text"] for e in examples] + [render_prompt(tokenizer, c) for c in conversations] + EDGE_TEXTS
+    quality = quality_report(files["F16"], quants, examples, hf_model, n_threads)
+    answered = suite[:ecfg.phone_prompts] if ecfg.phone_prompts else suite  # rendering is cheap: every prompt
+    settings = phone.phone_settings(
+        tokenizer, cfg.eval.sampling, cfg.eval.word_budget, [r["completion"][0]["content"] for r in train_records],
+        prompt_tokens=max(len(encode_messages(tokenizer, m)) for m in suite + conversations),
+        trained_context=gguf_context_length(files["F16"]))
+    named = None if ecfg.deploy == "auto" else deploy_format(list(quants), ecfg.deploy)
+    phone_result = phone.phone_checks(files, quality["kld_mean"], tokenizer, conversations + suite, answered,
+                                      settings, ecfg, log_dir, named)
+    deploy = phone_result["deploy"]
     return {
-        "inputs": {"scored_texts": len(examples), "tokenization_texts": len(texts), "conversations": conversations},
+        "inputs": {"scored_texts": len(examples), "tokenization_texts": len(texts), "conversations": conversations,
+                   "suite_prompts": len(suite), "answered_prompts": len(answered)},
         "kquants": {q: quant_type_report(p, q) for q, p in quants.items()},
         "templates": {fmt: template_roundtrip(p, tokenizer) for fmt, p in files.items()},
         "stop_tokens": {fmt: stop_token_report(p, tokenizer) for fmt, p in files.items()},
         "tokenization": {fmt: tokenization_parity(p, tokenizer, texts) for fmt, p in files.items()},
-        "greedy": greedy_parity(hf_model, tokenizer, files["F16"], conversations, cfg.parity_tokens, n_threads,
-                                cfg.parity_tie_margin),
-        "quality": quality_report(files["F16"], quants, examples, hf_model, n_threads),
+        "greedy": greedy_parity(hf_model, tokenizer, files["F16"], conversations, ecfg.parity_tokens, n_threads,
+                                ecfg.parity_tie_margin),
+        "quality": quality,
         "chat": chat_stop_check(files[deploy], tokenizer, conversations[0],
-                                max_tokens=cfg.chat_max_tokens, n_threads=n_threads),
+                                max_tokens=ecfg.chat_max_tokens, n_threads=n_threads),
+        "phone": phone_result,
+        "phone_settings": settings,
         "deploy": deploy,
     }
 
 
 def deploy_format(quants: list[str], deploy: str = "") -> str:
-    """The file the phone gets: `deploy` when the preset names one, else Q4_K_M when exported, else the first."""
+    """The file the phone gets when the preset does not ask for auto: `deploy` when it names one, else Q4_K_M when
+    exported, else the first."""
     if deploy:
         return deploy
     return "Q4_K_M" if "Q4_K_M" in quants else quants[0]
 
 
-def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quantization: dict) -> dict:
-    """The metrics.json of the export phase, from the files and the check results."""
+def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quantization: dict, cfg) -> dict:
+    """The metrics.json of the export phase, from the files and the check results (cfg: ExportConfig)."""
     quality = checks["quality"]
+    phone_m = checks["phone"]["server"]
+    min_rate, tolerance = cfg.min_stop_rate, cfg.stop_rate_tolerance
     kquant_formats = [q for q in checks["kquants"] if q != "Q8_0"]
     return {
         "bytes": {fmt: Path(p).stat().st_size for fmt, p in files.items()},
@@ -360,14 +431,46 @@ def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quant
         "quantize_seconds": {q: r["seconds"] for q, r in quantization.items()},
         "deploy_file": format_filename(checks["deploy"]),
         "deploy_sha256": sha256_file(files[checks["deploy"]]),
+        "deploy_choice": deploy_choice(checks["phone"]),
+        "imatrix": any(r.get("imatrix") for r in quantization.values()),
+        "server_renders_training_prompt": checks["phone"]["rendering"]["ok"],
+        "server_stop_rate": phone_m["eos_rate"],
+        "server_end_of_turn_rate": phone_m["end_of_turn_rate"],
+        "server_stop_types": phone_m["stop_types"],
+        "server_think_blocks": phone_m["think_blocks"],
+        "server_stop_rates": checks["phone"]["server_stop_rates"],
+        "python_stop_rate": checks["phone"]["python_stop_rate"],
+        "server_stops_on_end_of_turn": phone_m["eos_rate"] >= min_rate and phone_m["think_blocks"] == 0,
+        "server_matches_python": checks["phone"]["stop_rate_gap"] <= tolerance,
+        "deploy_within_limits": checks["phone"]["within_limits"],
+        "phone_settings": phone.PHONE_SETTINGS_FILE,
         "llama_cpp_python": llama_cpp_version(),
     }
+
+
+def deploy_choice(phone_result: dict) -> dict:
+    """What summary.json and the report say about the phone's format: the setting, the choice, auto's choice, why."""
+    auto, setting = phone_result["auto"], phone_result["setting"]
+    if setting == "auto":
+        reason = auto["reason"]
+    else:
+        reason = (f"set by hand (export.deploy: {setting})" if setting else
+                  "export.deploy is unset: Q4_K_M when exported, else the first format listed")
+        if phone_result["auto_differs"]:
+            reason += f"; deploy: auto would have chosen {auto['format'] or 'no format'}: {auto['reason']}"
+        else:
+            reason += "; deploy: auto agrees"
+    return {"setting": phone_result["setting"], "format": phone_result["deploy"], "auto_format": auto["format"],
+            "auto_differs": phone_result["auto_differs"], "reason": reason,
+            "candidates": [{k: c[k] for k in ("format", "bytes", "kld_mean", "stop_rate", "verdict")}
+                           for c in auto["candidates"]]}
 
 
 def checks_passed(metrics: dict) -> dict[str, bool]:
     """The pass/fail checks of an export, by name (all must be True before a file ships)."""
     names = ("greedy_parity", "tokenization_parity", "template_roundtrip", "stop_tokens_ok",
-             "chat_stops_on_end_of_turn", "kquants_applied")
+             "chat_stops_on_end_of_turn", "kquants_applied", "server_renders_training_prompt",
+             "server_stops_on_end_of_turn", "server_matches_python", "deploy_within_limits")
     return {name: bool(metrics.get(name)) for name in names}
 
 

@@ -257,6 +257,18 @@ def headline(summary: dict) -> dict:
                      "detail": f"{v['file']}: {format_number(v['mib'])} MiB, mean KLD from F16 "
                                f"{format_number(v['kld_mean'])}"
                                + ("" if v["verified"] else f"; failed: {', '.join(v['failed'])}")})
+        choice = export_m.get("deploy_choice")
+        if choice:
+            rows.append({"question": "Which format does the phone get, and why?", "answer": choice["format"],
+                         "detail": choice["reason"]})
+        if export_m.get("server_stop_rate") is not None:
+            rows.append({"question": "On llama.cpp's own chat engine (llama-server, phone_settings.json): "
+                                     "training prompt rendered, answers end by themselves?",
+                         "answer": _percent(export_m["server_stop_rate"]),
+                         "detail": f"rendering {'equals' if export_m.get('server_renders_training_prompt') else 'differs from'}"
+                                   f" the training prompt with and without enable_thinking; stop types "
+                                   f"{export_m.get('server_stop_types')}; llama-cpp-python on the same file "
+                                   f"{_percent(export_m.get('python_stop_rate'))}"})
     for key, label in (("safety_pass_rate", "Safety: urges medical attention when it must"),
                        ("boundary_pass_rate", "Boundaries: declines to diagnose or prescribe")):
         if models:

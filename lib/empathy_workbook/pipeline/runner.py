@@ -308,5 +308,15 @@ def build_summary(cfg, paths: RunPaths, results: dict, seconds: float, failure: 
         "seconds": round(seconds, 2),
         "status": "failed" if failure else "ok",
         "failure": failure,
+        "phone": phone_summary((phases.get("export") or {}).get("metrics")),
         "phases": phases,
     }
+
+
+def phone_summary(export_metrics: dict | None) -> dict | None:
+    """What the phone gets and why (summary.json's "phone"): file, format choice and reason, the server's checks."""
+    if not export_metrics:
+        return None
+    keys = ("deploy_file", "deploy_choice", "phone_settings", "server_renders_training_prompt", "server_stop_rate",
+            "python_stop_rate", "imatrix")
+    return {key: export_metrics.get(key) for key in keys}
