@@ -197,3 +197,11 @@ def test_edit_matrix_reruns_exactly_what_depends_on_the_edit(repo):
 
     assert run(repo) == []
     assert run(repo, "--force") == PHASE_ORDER
+
+
+def test_config_paths_skip_sentences_too_long_to_be_a_file_name():
+    """A system prompt longer than a file name may be (255 bytes) is text, not a path the phase reads: the
+    operating system refuses to look it up (ENAMETOOLONG), and that must not stop the run."""
+    prompt = "You are a caring assistant. " * 12  # ~340 characters, no newline
+    sections = {"data": {"system_prompt": prompt, "source": "data/support_corpus.jsonl"}}
+    assert fp.config_paths(sections) == [(REPO_ROOT / "data" / "support_corpus.jsonl").resolve()]

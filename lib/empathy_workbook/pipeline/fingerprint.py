@@ -194,8 +194,12 @@ def config_paths(sections: dict) -> list[Path]:
     for text in _strings(sections):
         if not text or "\n" in text or len(text) > 4096:
             continue
-        path = data_path(text)
-        if path.exists() and path.resolve() != Path(os.sep):
+        try:
+            path = data_path(text)
+            exists = path.exists()
+        except OSError:  # e.g. a system prompt longer than a file name may be: a sentence, not a file
+            continue
+        if exists and path.resolve() != Path(os.sep):
             found.add(path.resolve())
     return sorted(found)
 
