@@ -147,7 +147,7 @@ def test_greedy_difference_is_judged_by_the_transformers_margin(margin, verdict)
 
 
 def passing_metrics(deploy="model-q4_k_m.gguf"):
-    return {**{name: True for name in export.checks_passed({})}, "deploy_file": deploy}
+    return {**{name: True for name in gguf_checks.checks_passed({})}, "deploy_file": deploy}
 
 
 def test_failed_export_check_writes_metrics_then_stops_and_is_never_reused(tmp_path):
@@ -201,7 +201,7 @@ def tiny_export(tmp_path_factory, tiny_path, tiny_cfg, records, converter_dir):
 @pytest.mark.slow
 def test_tiny_export_passes_every_check(tiny_export):
     metrics = tiny_export["metrics"]
-    failed = [name for name, ok in export.checks_passed(metrics).items() if not ok]
+    failed = [name for name, ok in gguf_checks.checks_passed(metrics).items() if not ok]
     assert not failed, (failed, json.dumps(tiny_export["checks"], default=str)[:2000])
     # the tiny tokenizer has its own vocabulary, so only the narrow Qwen2-split fallback can name it
     assert metrics["pre_tokenizer"] == "qwen2" and metrics["pre_tokenizer_fallback"] is True
