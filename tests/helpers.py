@@ -8,7 +8,7 @@ from unittest import mock
 from empathy_workbook.family import QWEN3
 from empathy_workbook.llamacpp.file_checks import gguf_reader
 from empathy_workbook.models import loading as models
-from empathy_workbook.models.tiny import QWEN2_SPLIT
+from empathy_workbook.family import QWEN2_SPLIT
 from empathy_workbook.phases import sft, training
 
 

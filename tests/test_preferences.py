@@ -5,7 +5,6 @@ import json
 import pytest
 
 from empathy_workbook.config import ConfigError, JudgeConfig, PreferenceConfig, SamplingConfig, load_config
-from empathy_workbook.judges import probe as judge_probe
 from empathy_workbook.judges import JudgeResult, get_judge
 from empathy_workbook.phases import preferences as prefs
 from empathy_workbook.phases import rejected
@@ -253,7 +252,6 @@ def test_summaries():
     per = prefs.by_degradation(rows)
     assert per["none"] == {"pairs": 2, "kept": 1, "retention": 0.5, "rejected_mean": 3.5}
     assert per["truncate"]["retention"] is None
-    assert judge_probe.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and judge_probe.pearson([1, 1, 1], [1, 2, 3]) is None
 
 
 def test_choose_records_is_seeded_and_bounded():

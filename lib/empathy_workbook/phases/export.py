@@ -45,6 +45,7 @@ from ..chat import encode_messages, render_prompt
 from ..family import family_of
 from ..io import sha256_file, write_json
 from ..llamacpp import phone
+from ..llamacpp.convert import CONVERTER_VOCAB_DIR
 from ..llamacpp.file_checks import (EDGE_TEXTS, GGUFError, failed_checks, quant_type_report, stop_token_report,
                                     template_roundtrip, tokenization_parity, verify_gguf_file)
 from ..llamacpp.imatrix import calibration_text, compute_imatrix, quantize_with_imatrix
@@ -191,13 +192,11 @@ def converter_view(model_dir: Path, chat_template: str | None = None):
     """The folder the converter should read: model_dir itself, or a temporary folder of links to model_dir's files
     when something must differ for the converter only:
 
-    - model_dir carries SentencePiece files for the converter (models.packaged.CONVERTER_VOCAB_DIR: tokenizer.model,
+    - model_dir carries SentencePiece files for the converter (llamacpp.convert.CONVERTER_VOCAB_DIR: tokenizer.model,
       added_tokens.json): they join the view, so that transformers never sees them;
     - chat_template is given: the view's tokenizer_config.json and chat_template.jinja hold it, so the GGUF carries
       that template while the model folder keeps its own (Qwen3's official one stays there for Python users).
     """
-    from ..models.packaged import CONVERTER_VOCAB_DIR
-
     model_dir = Path(model_dir)
     vocab = model_dir / CONVERTER_VOCAB_DIR
     if not vocab.is_dir() and chat_template is None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from ..chat import word_count
 from ..io import iter_jsonl, write_jsonl
-from ..judges.probe import pearson
+from ..tables import pearson, wilson_interval
 from .rejected import DEGRADATIONS, question
-from ..tables import wilson_interval
 
 RETENTION_RANGE = (0.6, 0.8)  # the design document's expected share of pairs that survive the gap filter
 

@@ -444,7 +444,7 @@ def _publish_merged(write, base_path: str, out_dir: Path) -> Path:
     write(tmp)
     # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
     # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
-    from ..models.packaged import CONVERTER_VOCAB_DIR
+    from ..llamacpp.convert import CONVERTER_VOCAB_DIR
 
     if (Path(base_path) / CONVERTER_VOCAB_DIR).is_dir():
         shutil.copytree(Path(base_path) / CONVERTER_VOCAB_DIR, tmp / CONVERTER_VOCAB_DIR, dirs_exist_ok=True)
