@@ -11,8 +11,8 @@ Steps (notebook 04 walks through them in this order):
 4. ``verify_export`` runs every check: the file checks of llamacpp/file_checks.py (structure, truncation,
    checksum, K-quants really applied, template round trip, stop tokens, tokenization parity) and the
    behaviour checks of llamacpp/quality.py (greedy parity, perplexity, KL divergence, top-token agreement,
-   a chat completion that ends on the family's end-of-turn token); ``export_metrics`` sums them up and
-   ``file_checks.checks_passed`` gives the verdict.
+   a chat completion that ends on the family's end-of-turn token); ``metrics`` sums them up (the phase's
+   metrics.json) and ``file_checks.checks_passed`` gives the verdict.
 
 Every file is written under a temporary name, validated, then renamed: a crash never leaves a
 half-written ``model-*.gguf`` that a later run would take as finished.
@@ -399,8 +399,9 @@ def deploy_format(quants: list[str], deploy: str = "") -> str:
     return "Q4_K_M" if "Q4_K_M" in quants else quants[0]
 
 
-def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quantization: dict, cfg) -> dict:
-    """The metrics.json of the export phase, from the files and the check results (cfg: ExportConfig)."""
+def metrics(files: dict[str, Path], checks: dict, conversion: dict, quantization: dict, cfg) -> dict:
+    """Phase 04's metrics.json contract, from the files and what convert_to_gguf, quantize_gguf and verify_export
+    returned (cfg: ExportConfig); finish_export adds the verdict."""
     quality = checks["quality"]
     phone_m = checks["phone"]["server"]
     min_rate, tolerance = cfg.min_stop_rate, cfg.stop_rate_tolerance
