@@ -5,10 +5,9 @@ import json
 from pathlib import Path
 from unittest import mock
 
-from empathy_workbook.family import QWEN3
+from empathy_workbook.family import QWEN2_SPLIT, QWEN3
 from empathy_workbook.llamacpp.file_checks import gguf_reader
 from empathy_workbook.models import loading as models
-from empathy_workbook.models.tiny import QWEN2_SPLIT
 from empathy_workbook.phases import sft, training
 
 
@@ -46,6 +45,28 @@ def with_patches(patches, fn):
     finally:
         for p in reversed(patches):
             p.stop()
+
+
+def preset_run_fixtures(preset: str, run: str):
+    """(summary, metrics): the module fixtures of a test module that asserts on one preset's end-to-end run.
+
+    summary is the runner's summary.json of `run` on `preset` (run once per module, phases reused when nothing
+    changed); metrics maps each phase to its metrics.json. Bind both at module level under these names:
+    ``summary, metrics = preset_run_fixtures(PRESET, RUN)``.
+    """
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def summary():
+        from empathy_workbook.pipeline.runner import run_pipeline
+
+        return run_pipeline(preset, run, progress=False)
+
+    @pytest.fixture(scope="module")
+    def metrics(summary):
+        return {phase: entry["metrics"] for phase, entry in summary["phases"].items()}
+
+    return summary, metrics
 
 
 # ---------------------------------------------------------------------------------------------

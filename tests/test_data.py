@@ -1,10 +1,12 @@
 """Phase 1: loading, validation errors that name file/row/field, cleaning rules, dedup, grouped split."""
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from empathy_workbook.config import load_config
 from empathy_workbook.phases import data
 from empathy_workbook.phases.data import DataError, Pair
 
@@ -144,3 +146,32 @@ def test_shipped_corpus_prepares_cleanly(records):
     first = train[0]
     assert [m["role"] for m in first["prompt"]] == ["system", "user"]
     assert first["completion"][0]["role"] == "assistant"
+
+
+DATA_METRICS_KEYS = {
+    "rows_loaded", "sources", "cleaning", "artifacts", "dropped_artifacts", "dropped_too_many_words", "dropped_empty",
+    "dropped_duplicates", "dropped_too_long", "max_tokens", "train_rows", "val_rows", "train_questions",
+    "val_questions", "questions_in_both", "answers_per_question", "tokens_median", "steps"}
+
+
+def test_metrics_contract_is_built_from_what_prepare_records_returned():
+    cfg = load_config("tiny", {"data": {"max_tokens": 100, "max_answer_words": 0}})
+    train = [Pair("Q1?", "a", "s", 0), Pair("q1", "b", "s", 1), Pair("Q2", "c", "s", 2)]  # Q1 twice, as one question
+    val = [Pair("Q3", "d", "s", 3)]
+    too_long = [Pair("Q4", "e " * 200, "s", 4)]
+    cleaned = train + val + too_long
+    counts = {"loaded": 6, "dropped_empty": 1, "dropped_duplicates": 0, "dropped_artifacts": 0,
+              "dropped_too_many_words": 0, "dropped_too_long": 1, "train": 3, "val": 1}
+    prepared = data.Prepared(
+        sources={"s": 6}, loaded=cleaned, report=data.CleanReport(), cleaned=cleaned, too_wordy=[],
+        lengths=[40, 10, 30, 20, 400], too_long=too_long, train_pairs=train, val_pairs=val,
+        train_records=data.to_records(train, "sys", "train"), val_records=data.to_records(val, "sys", "val"),
+        counts=counts)
+    metrics = data.metrics(SimpleNamespace(cfg=cfg), prepared)
+    assert set(metrics) == DATA_METRICS_KEYS
+    assert (metrics["train_questions"], metrics["val_questions"], metrics["questions_in_both"]) == (2, 1, 0)
+    assert metrics["answers_per_question"] == {"1": 2, "2": 1}
+    assert metrics["tokens_median"] == 30  # of 10, 20, 30, 40: the 400-token pair is over the cap
+    assert metrics["steps"] == {"loaded": 6, "after cleaning, minus empty": 5, "minus exact duplicates": 5,
+                                "≤ ∞ words": 5, "≤ 100 tokens": 4, "train": 3, "validation": 1}
+    assert set(metrics["cleaning"]) == {name for name, _ in data.CLEANING_RULES}

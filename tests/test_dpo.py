@@ -1,11 +1,13 @@
 """dpo.py: the reference is the model DPO starts from, a few steps raise the margin, resume, pair files, warnings."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from empathy_workbook.config import load_config
+from empathy_workbook.models.loading import Backend
 from empathy_workbook.phases import dpo, training
 
 
@@ -90,8 +92,35 @@ def test_a_few_steps_change_the_adapter_and_raise_the_margin(trained):
     assert any("lora_B" in n for n in changed)
     assert margin_before == pytest.approx(0.0, abs=1e-4)
     assert margin_after > margin_before + 0.01
-    metrics = dpo.dpo_metrics(trainer.state.log_history, result)
+    metrics = dpo.history_metrics(trainer.state.log_history, result)
     assert metrics["steps"] == 6 and metrics["reward_margin_last"] > metrics["reward_margin_first"]
+
+
+DPO_METRICS_KEYS = {
+    "loss_first", "loss_last", "reward_margin_first", "reward_margin_last", "reward_accuracy_last", "eval_loss_first",
+    "eval_loss_last", "eval_reward_accuracy", "eval_reward_margin_first", "eval_reward_margin_last", "steps",
+    "max_steps", "stopped_early", "resumed_from", "tokens", "beta", "loss_type", "train_pairs", "eval_pairs",
+    "heldout_source", "warnings", "backend", "backend_reason", "train_seconds", "processes", "peak_memory_mb",
+    "spot_check_ids"}
+
+
+def test_metrics_contract_is_built_from_the_training_results():
+    cfg = load_config("tiny", {"dpo": {"beta": 0.1}})
+    # accuracy 1.0 from step 2 of 10 on: the pairs are too easy, which the warnings must say
+    history = [{"step": s, "loss": 0.7 - s / 20, "rewards/margins": s / 10, "rewards/accuracies": 0.5 if s == 1 else 1.0}
+               for s in range(1, 11)]
+    history += [{"step": 5, "eval_loss": 0.6, "eval_rewards/margins": 0.3, "eval_rewards/accuracies": 0.5},
+                {"step": 10, "eval_loss": 0.5, "eval_rewards/margins": 0.6, "eval_rewards/accuracies": 0.75}]
+    result = {"global_step": 10, "max_steps": 10, "stopped_early": False, "resumed_from": None, "tokens": 900,
+              "seconds": 4.0}
+    metrics = dpo.metrics(SimpleNamespace(cfg=cfg), history=history, result=result,
+                          backend=Backend("cpu", "cpu", False, "fp32", "no GPU"), train_pairs=[{}] * 3,
+                          eval_pairs=[{}], heldout_source="pairs_heldout.jsonl", train_peak_mb=1e9, processes=1,
+                          spot_records=[{"id": "val-00002"}])
+    assert set(metrics) == DPO_METRICS_KEYS
+    assert (metrics["reward_margin_last"], metrics["eval_reward_accuracy"], metrics["beta"]) == (1.0, 0.75, 0.1)
+    assert (metrics["train_pairs"], metrics["eval_pairs"], metrics["peak_memory_mb"]) == (3, 1, 1e9)
+    assert metrics["warnings"] == [dpo.EASY_PAIRS.format(step=2, total=10)]
 
 
 @pytest.mark.slow

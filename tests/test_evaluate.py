@@ -181,6 +181,12 @@ def test_wilson_interval_stays_honest_at_the_edges():
     assert tables.wilson_interval(0, 0) == (None, None)
 
 
+def test_pearson_is_none_where_undefined():
+    assert tables.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert tables.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert tables.pearson([1, 1, 1], [1, 2, 3]) is None and tables.pearson([1, 2], [2, 4]) is None
+
+
 def test_bootstrap_ci_brackets_the_mean_and_handles_edge_cases():
     mean, low, high = tables.bootstrap_ci([1, 2, 3, 4, 5, 6, 7, 8], samples=500)
     assert low < mean < high and mean == 4.5

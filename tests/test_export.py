@@ -147,7 +147,59 @@ def test_greedy_difference_is_judged_by_the_transformers_margin(margin, verdict)
 
 
 def passing_metrics(deploy="model-q4_k_m.gguf"):
-    return {**{name: True for name in export.checks_passed({})}, "deploy_file": deploy}
+    return {**{name: True for name in gguf_checks.checks_passed({})}, "deploy_file": deploy}
+
+
+EXPORT_METRICS_KEYS = {
+    "bytes", "perplexity", "perplexity_transformers", "kld_mean", "kld_p99", "top_token_agreement",
+    "kld_f16_vs_transformers", "tokens_scored", "greedy_parity", "greedy_exact", "greedy_near_ties",
+    "greedy_differences", "tokenization_parity", "template_roundtrip", "stop_tokens_ok", "chat_stops_on_end_of_turn",
+    "chat_natural_stop", "kquants_applied", "tensor_types", "pre_tokenizer", "pre_tokenizer_fallback",
+    "convert_seconds", "quantize_seconds", "deploy_file", "deploy_sha256", "deploy_choice", "imatrix",
+    "server_renders_training_prompt", "server_stop_rate", "server_end_of_turn_rate", "server_stop_types",
+    "server_think_blocks", "server_stop_rates", "python_stop_rate", "server_stops_on_end_of_turn",
+    "server_matches_python", "deploy_within_limits", "phone_settings", "llama_cpp_python"}
+
+
+def export_results(tmp_path, eos_rate):
+    """What export_all and verify_export return for F16 + Q4_K_M, every check passing except the server's stop
+    rate, which is `eos_rate` (llama-cpp-python's is 0.95)."""
+    files = {}
+    for fmt, size in (("F16", 64), ("Q4_K_M", 20)):
+        files[fmt] = tmp_path / export.format_filename(fmt)
+        files[fmt].write_bytes(b"x" * size)
+    per_file = {fmt: {"match": True, "ok": True} for fmt in files}
+    auto = {"format": "Q4_K_M", "reason": "smallest within the limits",
+            "candidates": [{"format": "Q4_K_M", "bytes": 20, "kld_mean": 0.03, "stop_rate": eos_rate, "verdict": "ok"}]}
+    checks = {
+        "quality": {"perplexity": {"F16": 5.0, "Q4_K_M": 5.2}, "perplexity_transformers": 5.0,
+                    "kld_mean": {"Q4_K_M": 0.03}, "kld_p99": {"Q4_K_M": 0.3}, "top_token_agreement": {"Q4_K_M": 0.9},
+                    "kld_f16_vs_transformers": {"max_logit_diff": 0.01}, "tokens_scored": 400},
+        "greedy": {"ok": True, "match": 3, "near_ties": 1, "differences": []},
+        "tokenization": per_file, "templates": {fmt: True for fmt in files}, "stop_tokens": per_file,
+        "chat": {"stops_on_end_of_turn": True, "natural_stop": True},
+        "kquants": {"Q4_K_M": {"applied": True, "tensor_counts": {"Q4_K": 10, "F32": 3}}},
+        "deploy": "Q4_K_M",
+        "phone": {"server": {"eos_rate": eos_rate, "end_of_turn_rate": eos_rate, "stop_types": {"eos": 30},
+                             "think_blocks": 0},
+                  "server_stop_rates": {"Q4_K_M": eos_rate}, "python_stop_rate": 0.95,
+                  "stop_rate_gap": abs(eos_rate - 0.95), "within_limits": True, "rendering": {"ok": True},
+                  "auto": auto, "setting": "auto", "deploy": "Q4_K_M", "auto_differs": False}}
+    conversion = {"pre_tokenizer": "qwen2", "pre_tokenizer_fallback": False, "seconds": 1.5}
+    quantization = {"Q4_K_M": {"seconds": 0.5}}
+    return files, checks, conversion, quantization
+
+
+def test_metrics_contract_is_built_from_the_check_results(tmp_path):
+    cfg = load_config("tiny").export
+    metrics = export.metrics(*export_results(tmp_path, eos_rate=0.95), cfg)
+    assert set(metrics) == EXPORT_METRICS_KEYS
+    assert metrics["bytes"] == {"F16": 64, "Q4_K_M": 20} and metrics["deploy_file"] == "model-q4_k_m.gguf"
+    assert metrics["deploy_sha256"] == sha256_file(tmp_path / "model-q4_k_m.gguf")
+    assert gguf_checks.failed_checks(metrics) == []  # every check the verdict reads is in the contract
+    # the server stops well below llama-cpp-python on the same file: two checks fail, the file is not verified
+    stalled = export.metrics(*export_results(tmp_path, eos_rate=0.5), cfg)
+    assert gguf_checks.failed_checks(stalled) == ["server_stops_on_end_of_turn", "server_matches_python"]
 
 
 def test_failed_export_check_writes_metrics_then_stops_and_is_never_reused(tmp_path):
@@ -194,14 +246,14 @@ def tiny_export(tmp_path_factory, tiny_path, tiny_cfg, records, converter_dir):
     suite = [p.messages for p in load_suite(data_path(cfg.eval.suite), cfg.data.system_prompt)]
     result = export.export_all(Path(tiny_path), out, cfg.export.quants, converter_dir)
     checks = export.verify_export(result["files"], Path(tiny_path), records[1], cfg, suite, records[0], out)
-    metrics = export.export_metrics(result["files"], checks, result["conversion"], result["quantization"], cfg.export)
+    metrics = export.metrics(result["files"], checks, result["conversion"], result["quantization"], cfg.export)
     return {"out": out, "files": result["files"], "checks": checks, "metrics": metrics, "suite": suite}
 
 
 @pytest.mark.slow
 def test_tiny_export_passes_every_check(tiny_export):
     metrics = tiny_export["metrics"]
-    failed = [name for name, ok in export.checks_passed(metrics).items() if not ok]
+    failed = [name for name, ok in gguf_checks.checks_passed(metrics).items() if not ok]
     assert not failed, (failed, json.dumps(tiny_export["checks"], default=str)[:2000])
     # the tiny tokenizer has its own vocabulary, so only the narrow Qwen2-split fallback can name it
     assert metrics["pre_tokenizer"] == "qwen2" and metrics["pre_tokenizer_fallback"] is True

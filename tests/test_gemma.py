@@ -11,6 +11,7 @@ from empathy_workbook.io import all_finite, read_jsonl
 from empathy_workbook.models.packaged import is_installed
 from empathy_workbook.paths import RunPaths
 from empathy_workbook.pipeline.runtime import NOTEBOOKS
+from helpers import preset_run_fixtures
 
 RUN = "ci-gemma3"
 PRESET = "gemma3-270m"
@@ -21,16 +22,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def summary():
-    from empathy_workbook.pipeline.runner import run_pipeline
-
-    return run_pipeline(PRESET, RUN, progress=False)
-
-
-@pytest.fixture(scope="module")
-def metrics(summary):
-    return {phase: entry["metrics"] for phase, entry in summary["phases"].items()}
+summary, metrics = preset_run_fixtures(PRESET, RUN)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """Phase 3: degradations, resumable candidate generation (rejected.py), the gap filter, retention and judge agreement."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from empathy_workbook.config import ConfigError, JudgeConfig, PreferenceConfig, SamplingConfig, load_config
-from empathy_workbook.judges import probe as judge_probe
-from empathy_workbook.judges import JudgeResult, get_judge
+from empathy_workbook.judges import CRITERIA, JudgeResult, get_judge
 from empathy_workbook.phases import preferences as prefs
 from empathy_workbook.phases import rejected
 
@@ -253,7 +253,6 @@ def test_summaries():
     per = prefs.by_degradation(rows)
     assert per["none"] == {"pairs": 2, "kept": 1, "retention": 0.5, "rejected_mean": 3.5}
     assert per["truncate"]["retention"] is None
-    assert judge_probe.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and judge_probe.pearson([1, 1, 1], [1, 2, 3]) is None
 
 
 def test_choose_records_is_seeded_and_bounded():
@@ -290,6 +289,58 @@ def test_agreement_counts_ties_and_failures_separately():
     assert summary == {"judge": "table", "pairs": 5, "agree": 2, "ties": 1, "disagree": 1, "parse_failures": 1,
                        "agreement": 0.5, "mean_margin": 0.375, "clears_gap": 1}  # margins 5, 0, -4, 0.5
     assert (low, high) == (0.15, 0.85)  # Wilson's 95 % interval of 2 agreements in 4 scored pairs
+
+
+def test_judge_clears_gap_is_the_filtering_judges_share():
+    agreement = {"main": {"pairs": 10, "parse_failures": 2, "clears_gap": 4},
+                 "rubric": {"pairs": 10, "parse_failures": 0, "clears_gap": 9}}
+    assert prefs.judge_clears_gap(agreement, "judge", "main", "rubric") == 0.5  # 4 of the 8 it scored
+    assert prefs.judge_clears_gap(agreement, "second_judge", "main", "rubric") == 0.9
+    assert prefs.judge_clears_gap(agreement, "second_judge", "main", "other") == 0.5  # not measured: the main one's
+    assert prefs.judge_clears_gap({"main": {"pairs": 3, "parse_failures": 3, "clears_gap": 0}},
+                                  "judge", "main", "rubric") is None
+
+
+PREFERENCE_METRICS_KEYS = {
+    "prompts", "generated", "judged", "parse_failures", "kept", "retention", "retention_range", "retention_advice",
+    "gap_threshold", "filter", "heldout", "judge", "judge_scoring", "judge_forward_passes_per_answer",
+    "master_key_floor_rate", "length_score_correlation", "judge_robustness", "second_judge", "second_judge_scoring",
+    "filter_with", "judges_compared", "judge_cache_hits", "judge_retries", "judge_agreement", "judges_not_run",
+    "criteria_means", "by_degradation", "lengths", "temperature", "ended_on_eos", "think_leaks", "sampling_seconds",
+    "judging_seconds"}
+
+
+def judged(i, chosen, rejected, split="train"):
+    """score() as score_candidates writes it: criteria and parse flags included."""
+    return {**score(i, chosen, rejected, split), "chosen_parse_failed": chosen is None,
+            "rejected_parse_failed": rejected is None, "chosen_criteria": {c: 5 for c in CRITERIA},
+            "rejected_criteria": {c: 3 for c in CRITERIA}}
+
+
+def test_metrics_contract_is_built_from_the_phase_results():
+    cfg = load_config("tiny", {"preferences": {"gap": 2, "filter_with": "judge"}})
+    train = [{**cand(i, rejected=f"Meh {i}."), "ended_on_eos": i != 2, "think_leak": False} for i in range(3)]
+    val = [{**cand(0, split="val"), "ended_on_eos": True, "think_leak": True}]
+    scores = [judged(0, 9, 2), judged(1, 5, 5), judged(2, None, 4), judged(0, 8, 3, "val")]
+    train_rows, report = prefs.filter_pairs(train, scores[:3], 2)
+    val_rows, val_report = prefs.filter_pairs(val, scores[3:], 2)
+    main, rubric = SimpleNamespace(name="main", scoring="probability"), SimpleNamespace(name="rubric", scoring="rubric")
+    metrics = prefs.metrics(
+        SimpleNamespace(cfg=cfg), train_records=[{}] * 3, val_records=[{}], train_candidates=train,
+        val_candidates=val, scores=scores, train_rows=train_rows, val_rows=val_rows, report=report,
+        val_report=val_report, judge=main, second_judge=rubric, passes_per_answer=1,
+        scoring_stats={"cache_hits": 3}, robustness={"main": {"master_key_floor_rate": 0.75}},
+        judges_compared={}, agreement={"main": {"pairs": 10, "parse_failures": 0, "clears_gap": 2}}, not_run={},
+        sampling_seconds=1.234, judging_seconds=2.0)
+    assert set(metrics) == PREFERENCE_METRICS_KEYS
+    assert (metrics["kept"], metrics["retention"], metrics["parse_failures"]) == (1, 0.5, 1)
+    assert metrics["heldout"] == {"prompts": 1, "generated": 1, "judged": 2, "parse_failures": 0, "kept": 1,
+                                  "retention": 1.0}
+    # retention 50 % with a judge that separates 2 of 10 clear pairs: the advice blames the judge first
+    assert "stronger judge" in metrics["retention_advice"]
+    assert (metrics["ended_on_eos"], metrics["think_leaks"]) == (3, 1)
+    assert (metrics["judge_cache_hits"], metrics["judge_retries"], metrics["sampling_seconds"]) == (3, 0, 1.23)
+    assert metrics["criteria_means"]["overall"] == {"chosen": 7.333, "rejected": 3.333}  # the three scored pairs
 
 
 def test_judge_pairs_file_is_validated(tmp_path):

@@ -5,12 +5,12 @@ import re
 
 import pytest
 
-from empathy_workbook.phases import export
+from empathy_workbook.llamacpp.file_checks import checks_passed
 from empathy_workbook.pipeline.report import SHIP_MIN_PASS_RATE, build_report, ship_decision
 
 
 def summary(safety=1.0, boundary=0.95, export_ok=True, gguf_mean=6.0, failure=None):
-    checks = {name: True for name in export.checks_passed({})}
+    checks = {name: True for name in checks_passed({})}
     if not export_ok:
         checks["greedy_parity"] = False
     scores = [{"category": "all suite", "model": m, "mean": mean, "low": mean - 0.5, "high": mean + 0.5, "n": 30}

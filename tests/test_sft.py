@@ -6,6 +6,7 @@ import torch
 from empathy_workbook.chat import render_prompt
 from empathy_workbook.config import load_config
 from empathy_workbook.family import QWEN3
+from empathy_workbook.models.loading import Backend
 from empathy_workbook.phases import sft, training
 from helpers import sft_trainer
 
@@ -115,10 +116,30 @@ def test_validation_loss_is_measured_before_the_first_step(trained):
     history = trainer.state.log_history
     evals = [row for row in history if "eval_loss" in row]
     assert evals[0]["step"] == 0 and [row["step"] for row in evals][1:] == [3, 6]
-    metrics = sft.sft_metrics(history, result)
+    metrics = sft.history_metrics(history, result)
     assert metrics["eval_loss_first"] == evals[0]["eval_loss"]
     assert metrics["eval_loss_best"] == min(row["eval_loss"] for row in evals)
     assert metrics["tokens"] > 0 and all(training.series(history, "peak_memory_mb"))
+
+
+SFT_METRICS_KEYS = {
+    "train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_last", "eval_loss_best", "steps", "max_steps",
+    "stopped_early", "resumed_from", "tokens", "backend", "backend_reason", "precision", "load_in_4bit",
+    "trainable_parameters", "train_seconds", "processes", "peak_memory_mb", "spot_check_ids",
+    "end_of_turn_probability"}
+TRAINING_RESULT = {"global_step": 6, "max_steps": 6, "stopped_early": False, "resumed_from": None, "tokens": 1200,
+                   "seconds": 3.5}
+
+
+def test_metrics_contract_is_built_from_the_training_results():
+    history = [{"loss": 2.0}, {"eval_loss": 1.9}, {"loss": 1.5}, {"eval_loss": 1.6}, {"eval_loss": 1.7}]
+    metrics = sft.metrics(history=history, result=TRAINING_RESULT, backend=Backend("cpu", "cpu", False, "fp32", "no GPU"),
+                          trainable=1000, train_peak_mb=1e9, processes=1, spot_records=[{"id": "val-00001"}],
+                          end_of_turn_probability={"base": 0.1, "sft": 0.5})
+    assert set(metrics) == SFT_METRICS_KEYS
+    assert (metrics["train_loss_last"], metrics["eval_loss_best"], metrics["eval_loss_last"]) == (1.5, 1.6, 1.7)
+    assert metrics["peak_memory_mb"] == 1e9  # training's peak, when it is above this process's peak now
+    assert (metrics["train_seconds"], metrics["spot_check_ids"], metrics["precision"]) == (3.5, ["val-00001"], "fp32")
 
 
 class StopAfter(torch.nn.Module):

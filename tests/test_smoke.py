@@ -61,7 +61,7 @@ def test_dpo_reward_margin_grows_on_held_out_pairs(metrics):
 
 
 def test_every_export_check_passes(metrics):
-    from empathy_workbook.phases.export import checks_passed
+    from empathy_workbook.llamacpp.file_checks import checks_passed
 
     passed = checks_passed(metrics["export"])
     assert all(passed.values()), passed

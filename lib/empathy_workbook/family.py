@@ -16,6 +16,12 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 # The seven projections of a Llama-style decoder block; Qwen3 and Gemma 3 name them the same way.
 DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+# The split Qwen2/Qwen3 apply before byte-level BPE (contractions, letters, single digits, punctuation, spaces).
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 
 @dataclass(frozen=True)
 class FamilyProfile:

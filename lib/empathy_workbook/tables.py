@@ -1,5 +1,6 @@
 """Answers and judge scores → the tables of notebook 05 and metrics.json: scores per category with
-bootstrap intervals, win rates, pass rates of the automatic checks, answers side by side."""
+bootstrap intervals, win rates, pass rates of the automatic checks, answers side by side; and the statistics
+the phases share (bootstrap and Wilson intervals, Pearson correlation)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple:
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation (None when undefined: fewer than 3 points or a constant series)."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)
 
 
 def is_nan(value) -> bool:

@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import json
-import math
 
+from ..tables import pearson
 from .base import CRITERIA, SCORE_MIN
 
 # At most this far above the floor still counts as "at the floor": a probability judge's expectation is
@@ -54,18 +54,6 @@ def master_key_rows(judge, questions: list[str], progress: bool = False) -> list
 def floor_rate(rows: list[dict]) -> float | None:
     """Share of master-key answers scored at the floor."""
     return round(sum(r["at_floor"] for r in rows) / len(rows), 4) if rows else None
-
-
-def pearson(xs: list[float], ys: list[float]) -> float | None:
-    """Pearson correlation (None when undefined: fewer than 3 points or a constant series)."""
-    n = len(xs)
-    if n < 3:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    if sxx == 0 or syy == 0:
-        return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)
 
 
 def length_score_correlation(answers: list[str], overall: list[float | None]) -> float | None:

@@ -28,7 +28,11 @@ import os
 import sys
 from pathlib import Path
 
-from ..models.tiny import QWEN2_SPLIT  # Qwen2's split regex (tiny.py imports nothing heavy, and not gguf)
+from ..family import QWEN2_SPLIT  # Qwen2's split regex (family.py imports nothing heavy, and not gguf)
+
+# Sub-folder of a model folder holding the SentencePiece files llama.cpp's converter reads. They stay out of
+# the folder itself: transformers would read added_tokens.json as new tokens and append duplicates.
+CONVERTER_VOCAB_DIR = "converter_vocab"
 
 
 def pre_tokenizer_spec(tokenizer) -> dict | None:

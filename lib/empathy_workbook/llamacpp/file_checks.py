@@ -3,6 +3,9 @@
 The installed ``gguf`` package reads the files here: it is a second reader, independent of the
 converter that wrote them (see phases/export.py for why the converter uses its own gguf-py). Behaviour checks
 that run the model (perplexity, KL divergence, greedy parity, chat stop) are in quality.py.
+
+``checks_passed`` / ``failed_checks`` give the verdict over every check of an export (these, quality.py's and
+phone.py's) from the export's metrics.json: the export phase and the run report both read it here.
 """
 
 from __future__ import annotations
@@ -207,3 +210,16 @@ def check_reference_tokenizer(tokenizer, converter_dir: Path) -> dict:
     matches = sum(tokenizer(t, add_special_tokens=False)["input_ids"] == [int(x) for x in e.split()]
                   for t, e in pairs)
     return {"texts": len(pairs), "matches": matches, "ok": len(pairs) > 0 and matches == len(pairs)}
+
+
+def checks_passed(metrics: dict) -> dict[str, bool]:
+    """The pass/fail checks of an export, by name (all must be True before a file ships)."""
+    names = ("greedy_parity", "tokenization_parity", "template_roundtrip", "stop_tokens_ok",
+             "chat_stops_on_end_of_turn", "kquants_applied", "server_renders_training_prompt",
+             "server_stops_on_end_of_turn", "server_matches_python", "deploy_within_limits")
+    return {name: bool(metrics.get(name)) for name in names}
+
+
+def failed_checks(metrics: dict) -> list[str]:
+    """Names of the export checks that did not pass (empty: the files are verified)."""
+    return [name for name, ok in checks_passed(metrics).items() if not ok]

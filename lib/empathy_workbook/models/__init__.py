@@ -6,6 +6,6 @@
     packaged.py        safetensors folders converted once from GGUFs shipped as pip packages
     random_weights.py  random-weight Qwen3 models with real shapes, for rehearsing the real path on a CPU
 
-``loading`` imports the three sources only when a model name asks for one. Nothing is imported here: the
-converter subprocess imports ``tiny`` and must stay light.
+``loading`` imports the three sources only when a model name asks for one. Nothing is imported here: a module
+that needs one source does not load the others.
 """

@@ -24,12 +24,10 @@ from pathlib import Path
 
 from ..family import FamilyProfile, has_token, profile_named
 from ..io import sha256_file, sha256_text, write_json
+from ..llamacpp.convert import CONVERTER_VOCAB_DIR
 from ..paths import cache_dir
 
 PACKAGE_SCHEME = "gguf-package:"
-# Sub-folder of a model folder holding the SentencePiece files llama.cpp's converter reads. They stay out of
-# the folder itself: transformers would read added_tokens.json as new tokens and append duplicates.
-CONVERTER_VOCAB_DIR = "converter_vocab"
 BUILD_VERSION = 4  # 4: tokenizer read from the rebuilt SentencePiece model; bump when the conversion below changes in a way the fields of PackagedModel don't capture
 
 

@@ -18,18 +18,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..family import QWEN3, TEMPLATES_DIR
+from ..family import QWEN2_SPLIT, QWEN3, TEMPLATES_DIR
 from ..io import sha256_file, sha256_text, write_json
 from ..paths import DATA_DIR, cache_dir
 
 TURN_START = QWEN3.turn_start.split("{role}")[0]  # <|im_start|>
 SPECIAL_TOKENS = [QWEN3.pad, TURN_START, QWEN3.end_of_turn]
 THINK_TOKENS = ["<think>", "</think>"]
-# The split Qwen2/Qwen3 apply before byte-level BPE (contractions, letters, single digits, punctuation, spaces).
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 TEMPLATE_PATH = TEMPLATES_DIR / QWEN3.template
 CORPUS_FILES = ("support_corpus.jsonl", "fall_risk_corpus_a.jsonl", "fall_risk_corpus_b.jsonl")
 RECIPE_VERSION = 1  # bump when the build code changes in a way the fields below don't capture

@@ -10,6 +10,9 @@
     suite_checks.py the suite's automatic checks (notebook 05)
     training.py     what SFT and DPO share (backend, LoRA, callbacks, resume, merge, spot checks)
 
+Each phase module has a ``metrics(...)`` that builds the phase's metrics.json from what its entry points
+returned; the notebook's last cell calls it and shows it, and the tests check the same function.
+
 Phase modules import each other only where one is the other's helper: sft and dpo build on training,
 evaluate on suite_checks, preferences on rejected (the notebook-02 pair).
 """

@@ -416,3 +416,42 @@ def prepare_records(cfg, tokenizer, resolve=None) -> Prepared:
               "train": len(train), "val": len(val), "cleaning": report.per_rule()}
     return Prepared(sources, loaded, report, cleaned, too_wordy, lengths, too_long, train, val,
                     to_records(train, cfg.system_prompt, "train"), to_records(val, cfg.system_prompt, "val"), counts)
+
+
+def questions_by_split(prepared: Prepared) -> tuple[set, set]:
+    """(training questions, validation questions), as question keys; split_by_question keeps them disjoint."""
+    return ({question_key(p.context) for p in prepared.train_pairs},
+            {question_key(p.context) for p in prepared.val_pairs})
+
+
+def metrics(ctx, prepared: Prepared) -> dict:
+    """Phase 00's metrics.json contract, from what prepare_records returned (ctx: the phase's, for its config)."""
+    cfg, counts = ctx.cfg.data, prepared.counts
+    kept = prepared.train_pairs + prepared.val_pairs
+    kept_lengths = sorted(n for n in prepared.lengths if n <= cfg.max_tokens)
+    train_q, val_q = questions_by_split(prepared)
+    steps = {"loaded": counts["loaded"], "after cleaning, minus empty": counts["loaded"] - counts["dropped_empty"],
+             "minus exact duplicates": len(prepared.cleaned),
+             f"≤ {cfg.max_answer_words or '∞'} words": len(prepared.cleaned) - len(prepared.too_wordy),
+             f"≤ {cfg.max_tokens} tokens": len(kept),
+             "train": counts["train"], "validation": counts["val"]}
+    return {
+        "rows_loaded": counts["loaded"],
+        "sources": list(prepared.sources),
+        "cleaning": prepared.report.per_rule(),
+        "artifacts": cfg.artifacts,
+        "dropped_artifacts": counts["dropped_artifacts"],
+        "dropped_too_many_words": counts["dropped_too_many_words"],
+        "dropped_empty": counts["dropped_empty"],
+        "dropped_duplicates": counts["dropped_duplicates"],
+        "dropped_too_long": counts["dropped_too_long"],
+        "max_tokens": cfg.max_tokens,
+        "train_rows": len(prepared.train_records),
+        "val_rows": len(prepared.val_records),
+        "train_questions": len(train_q),
+        "val_questions": len(val_q),
+        "questions_in_both": len(train_q & val_q),
+        "answers_per_question": {str(k): v for k, v in sorted(answers_per_question(kept).items())},
+        "tokens_median": kept_lengths[len(kept_lengths) // 2] if kept_lengths else 0,
+        "steps": steps,
+    }

@@ -22,7 +22,7 @@ from ..config import DPOConfig as PhaseConfig
 from ..config import ModelConfig
 from ..io import read_jsonl
 from ..models.loading import Backend
-from .training import TrainingGuards, common_arguments, first_last, series
+from .training import TrainingGuards, common_arguments, first_last, run_metrics, series
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -144,8 +144,8 @@ def build_trainer(model, tokenizer, train_dataset, args, eval_dataset=None, peft
                            callbacks=callbacks)
 
 
-def dpo_metrics(log_history: list[dict], result: dict) -> dict:
-    """The numbers the phase reports (training values from the per-step logs, held-out from the last evaluation)."""
+def history_metrics(log_history: list[dict], result: dict) -> dict:
+    """The training run's numbers (training values from the per-step logs, held-out from the last evaluation)."""
     loss_first, loss_last = first_last(log_history, "loss")
     margin_first, margin_last = first_last(log_history, "rewards/margins")
     _, accuracy_last = first_last(log_history, "rewards/accuracies")
@@ -181,6 +181,22 @@ RUNAWAY_MARGINS = ("reward margins are still climbing at the end (last {last:.2f
                    "moving away from the SFT reference. Raise beta (now {beta:g}; 0.1-0.2 is the usual range, "
                    "0.3-0.5 is conservative), keep DPO to 1 epoch (2 at most), and compare SFT and DPO answers for "
                    "lost coherence.")
+
+
+def metrics(ctx, *, history: list[dict], result: dict, backend: Backend, train_pairs: list, eval_pairs: list,
+            heldout_source: str, train_peak_mb: float, processes: int, spot_records: list[dict]) -> dict:
+    """Phase 03's metrics.json contract, from what the notebook's library calls returned."""
+    cfg = ctx.cfg.dpo
+    return {
+        **history_metrics(history, result),
+        **run_metrics(backend, result, processes, train_peak_mb, spot_records),
+        "beta": cfg.beta,
+        "loss_type": cfg.loss_type,
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "heldout_source": heldout_source,
+        "warnings": training_warnings(history, cfg.beta),
+    }
 
 
 def training_warnings(log_history: list[dict], beta: float, early_share: float = 0.3,

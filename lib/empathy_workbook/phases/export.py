@@ -11,7 +11,8 @@ Steps (notebook 04 walks through them in this order):
 4. ``verify_export`` runs every check: the file checks of llamacpp/file_checks.py (structure, truncation,
    checksum, K-quants really applied, template round trip, stop tokens, tokenization parity) and the
    behaviour checks of llamacpp/quality.py (greedy parity, perplexity, KL divergence, top-token agreement,
-   a chat completion that ends on the family's end-of-turn token); ``export_metrics`` and ``checks_passed`` sum them up.
+   a chat completion that ends on the family's end-of-turn token); ``metrics`` sums them up (the phase's
+   metrics.json) and ``file_checks.checks_passed`` gives the verdict.
 
 Every file is written under a temporary name, validated, then renamed: a crash never leaves a
 half-written ``model-*.gguf`` that a later run would take as finished.
@@ -44,8 +45,9 @@ from ..chat import encode_messages, render_prompt
 from ..family import family_of
 from ..io import sha256_file, write_json
 from ..llamacpp import phone
-from ..llamacpp.file_checks import (EDGE_TEXTS, GGUFError, quant_type_report, stop_token_report, template_roundtrip,
-                                    tokenization_parity, verify_gguf_file)
+from ..llamacpp.convert import CONVERTER_VOCAB_DIR
+from ..llamacpp.file_checks import (EDGE_TEXTS, GGUFError, failed_checks, quant_type_report, stop_token_report,
+                                    template_roundtrip, tokenization_parity, verify_gguf_file)
 from ..llamacpp.imatrix import calibration_text, compute_imatrix, quantize_with_imatrix
 from ..llamacpp.inference import gguf_context_length, quiet, threads
 from ..llamacpp.quality import chat_stop_check, distinct_prompts, greedy_parity, quality_report, scoring_examples
@@ -190,13 +192,11 @@ def converter_view(model_dir: Path, chat_template: str | None = None):
     """The folder the converter should read: model_dir itself, or a temporary folder of links to model_dir's files
     when something must differ for the converter only:
 
-    - model_dir carries SentencePiece files for the converter (models.packaged.CONVERTER_VOCAB_DIR: tokenizer.model,
+    - model_dir carries SentencePiece files for the converter (llamacpp.convert.CONVERTER_VOCAB_DIR: tokenizer.model,
       added_tokens.json): they join the view, so that transformers never sees them;
     - chat_template is given: the view's tokenizer_config.json and chat_template.jinja hold it, so the GGUF carries
       that template while the model folder keeps its own (Qwen3's official one stays there for Python users).
     """
-    from ..models.packaged import CONVERTER_VOCAB_DIR
-
     model_dir = Path(model_dir)
     vocab = model_dir / CONVERTER_VOCAB_DIR
     if not vocab.is_dir() and chat_template is None:
@@ -399,8 +399,9 @@ def deploy_format(quants: list[str], deploy: str = "") -> str:
     return "Q4_K_M" if "Q4_K_M" in quants else quants[0]
 
 
-def export_metrics(files: dict[str, Path], checks: dict, conversion: dict, quantization: dict, cfg) -> dict:
-    """The metrics.json of the export phase, from the files and the check results (cfg: ExportConfig)."""
+def metrics(files: dict[str, Path], checks: dict, conversion: dict, quantization: dict, cfg) -> dict:
+    """Phase 04's metrics.json contract, from the files and what convert_to_gguf, quantize_gguf and verify_export
+    returned (cfg: ExportConfig); finish_export adds the verdict."""
     quality = checks["quality"]
     phone_m = checks["phone"]["server"]
     min_rate, tolerance = cfg.min_stop_rate, cfg.stop_rate_tolerance
@@ -466,21 +467,8 @@ def deploy_choice(phone_result: dict) -> dict:
                            for c in auto["candidates"]]}
 
 
-def checks_passed(metrics: dict) -> dict[str, bool]:
-    """The pass/fail checks of an export, by name (all must be True before a file ships)."""
-    names = ("greedy_parity", "tokenization_parity", "template_roundtrip", "stop_tokens_ok",
-             "chat_stops_on_end_of_turn", "kquants_applied", "server_renders_training_prompt",
-             "server_stops_on_end_of_turn", "server_matches_python", "deploy_within_limits")
-    return {name: bool(metrics.get(name)) for name in names}
-
-
 class ExportFailed(RuntimeError):
     """An export check failed: the files must not be shipped nor evaluated as the phone model."""
-
-
-def failed_checks(metrics: dict) -> list[str]:
-    """Names of the export checks that did not pass (empty: the files are verified)."""
-    return [name for name, ok in checks_passed(metrics).items() if not ok]
 
 
 def finish_export(ctx, metrics: dict) -> dict:

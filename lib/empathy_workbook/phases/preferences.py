@@ -15,9 +15,8 @@ from pathlib import Path
 
 from ..chat import word_count
 from ..io import iter_jsonl, write_jsonl
-from ..judges.probe import pearson
+from ..tables import pearson, wilson_interval
 from .rejected import DEGRADATIONS, question
-from ..tables import wilson_interval
 
 RETENTION_RANGE = (0.6, 0.8)  # the design document's expected share of pairs that survive the gap filter
 
@@ -177,6 +176,17 @@ def retention_advice(retention: float | None, gap: float, judge_clears_gap: floa
     return None
 
 
+def judge_clears_gap(agreement: dict[str, dict], filter_with: str, judge_name: str, second_name: str) -> float | None:
+    """Share of the scored hand-written pairs that the judge deciding the filter puts `gap` or more apart.
+
+    agreement: judge name -> judge_agreement's summary (with clears_gap). The judge deciding is the main one, or
+    with filter_with 'second_judge' the second one when it was measured on the pairs. None when it scored none.
+    """
+    summary = agreement[judge_name] if filter_with == "judge" else agreement.get(second_name, agreement[judge_name])
+    scored = summary["pairs"] - summary["parse_failures"]
+    return summary["clears_gap"] / scored if scored > 0 else None
+
+
 def preference_row(row: dict) -> dict:
     """One pair in TRL's conversational preference format, plus metadata."""
     return {
@@ -315,6 +325,69 @@ def judge_agreement(judge, pairs: list[dict], progress: bool = True, gap: float 
     if gap is not None:
         summary["clears_gap"] = sum(m >= gap for m in margins)
     return summary, rows
+
+
+def parse_failures(rows: list[dict]) -> int:
+    """Answers the judge could not score, chosen and rejected sides counted apart."""
+    return sum(r["chosen_parse_failed"] + r["rejected_parse_failed"] for r in rows)
+
+
+def metrics(ctx, *, train_records: list[dict], val_records: list[dict], train_candidates: list[dict],
+            val_candidates: list[dict], scores: list[dict], train_rows: list[dict], val_rows: list[dict],
+            report: FilterReport, val_report: FilterReport, judge, second_judge, passes_per_answer: int,
+            scoring_stats: dict, robustness: dict, judges_compared: dict, agreement: dict, not_run: dict,
+            sampling_seconds: float, judging_seconds: float) -> dict:
+    """Phase 02's metrics.json contract, from what the notebook's library calls returned.
+
+    scores: the main judge's scores of every candidate (score_candidates); train_rows/val_rows and the reports:
+    filter_pairs' results; scoring_stats: judge.stats right after scoring the candidates; robustness and agreement:
+    judge name -> probe_judge's and judge_agreement's summaries.
+    """
+    from ..judges.probe import length_score_correlation
+
+    cfg = ctx.cfg.preferences
+    candidates = train_candidates + val_candidates
+    rows = train_rows + val_rows
+    clears_gap = judge_clears_gap(agreement, cfg.filter_with, judge.name, second_judge.name)
+    return {
+        "prompts": len(train_records),
+        "generated": len(train_candidates),
+        "judged": 2 * len(train_candidates),
+        "parse_failures": parse_failures(train_rows),
+        "kept": report.kept,
+        "retention": report.retention,
+        "retention_range": list(RETENTION_RANGE),
+        "retention_advice": retention_advice(report.retention, cfg.gap, clears_gap),
+        "gap_threshold": cfg.gap,
+        "filter": report.as_dict(),
+        "heldout": {"prompts": len(val_records), "generated": len(val_candidates), "judged": 2 * len(val_candidates),
+                    "parse_failures": parse_failures(val_rows), "kept": val_report.kept,
+                    "retention": val_report.retention},
+        "judge": judge.name,
+        "judge_scoring": judge.scoring,
+        "judge_forward_passes_per_answer": passes_per_answer,
+        "master_key_floor_rate": robustness[judge.name]["master_key_floor_rate"],
+        "length_score_correlation": length_score_correlation(  # over every answer the main judge scored
+            [c["chosen"] for c in candidates] + [c["rejected"] for c in candidates],
+            [s["chosen_overall"] for s in scores] + [s["rejected_overall"] for s in scores]),
+        "judge_robustness": robustness,
+        "second_judge": second_judge.name,
+        "second_judge_scoring": second_judge.scoring,
+        "filter_with": cfg.filter_with,
+        "judges_compared": judges_compared,
+        "judge_cache_hits": scoring_stats.get("cache_hits", 0),
+        "judge_retries": scoring_stats.get("retries", 0),
+        "judge_agreement": agreement,
+        "judges_not_run": not_run,
+        "criteria_means": criteria_means(rows),
+        "by_degradation": by_degradation(train_rows),
+        "lengths": length_summary(rows),
+        "temperature": cfg.sampling.temperature,
+        "ended_on_eos": sum(c["ended_on_eos"] for c in candidates),
+        "think_leaks": sum(c["think_leak"] for c in candidates),
+        "sampling_seconds": round(sampling_seconds, 2),
+        "judging_seconds": round(judging_seconds, 2),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..chat import tokenize_prompt_completion
 from ..config import SFTConfig as PhaseConfig
 from ..models.loading import Backend
-from .training import TrainingGuards, common_arguments, first_last, rebalanced_rows
+from .training import TrainingGuards, common_arguments, first_last, rebalanced_rows, run_metrics
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -150,8 +150,8 @@ def trainable_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def sft_metrics(log_history: list[dict], result: dict) -> dict:
-    """The numbers the phase reports: first/last training and validation loss, best validation loss, steps."""
+def history_metrics(log_history: list[dict], result: dict) -> dict:
+    """The training run's numbers: first/last training and validation loss, best validation loss, steps."""
     train_first, train_last = first_last(log_history, "loss")
     eval_first, eval_last = first_last(log_history, "eval_loss")
     evals = [row["eval_loss"] for row in log_history if "eval_loss" in row]
@@ -166,6 +166,22 @@ def sft_metrics(log_history: list[dict], result: dict) -> dict:
         "stopped_early": result["stopped_early"],
         "resumed_from": result["resumed_from"],
         "tokens": result["tokens"],
+    }
+
+
+def metrics(*, history: list[dict], result: dict, backend: Backend, trainable: int, train_peak_mb: float,
+            processes: int, spot_records: list[dict], end_of_turn_probability: dict | None) -> dict:
+    """Phase 01's metrics.json contract, from what the notebook's library calls returned.
+
+    end_of_turn_probability: model name -> the median from ``end_of_turn_probability`` (None without a spot check).
+    """
+    return {
+        **history_metrics(history, result),
+        **run_metrics(backend, result, processes, train_peak_mb, spot_records),
+        "precision": backend.precision,
+        "load_in_4bit": backend.load_in_4bit,
+        "trainable_parameters": trainable,
+        "end_of_turn_probability": end_of_turn_probability,
     }
 
 

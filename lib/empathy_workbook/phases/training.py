@@ -368,6 +368,22 @@ def series(log_history: list[dict], key: str) -> list[float]:
     return [float(row[key]) for row in log_history if key in row]
 
 
+def run_metrics(backend: Backend, result: dict, processes: int, train_peak_mb: float, spot_records: list[dict]) -> dict:
+    """The keys the SFT and DPO contracts share: backend, time, processes, peak memory, spot-check prompts.
+
+    train_peak_mb: peak memory while training (this kernel's, or the largest of the training processes'); the
+    phase's peak is the larger of it and this process's peak now (after merging and the spot check).
+    """
+    return {
+        "backend": backend.name,
+        "backend_reason": backend.reason,
+        "train_seconds": result["seconds"],
+        "processes": processes,
+        "peak_memory_mb": round(max(train_peak_mb, peak_memory_mb(backend.device)), 1),
+        "spot_check_ids": [r["id"] for r in spot_records],
+    }
+
+
 def first_last(log_history: list[dict], key: str) -> tuple[float | None, float | None]:
     """(first, last) value of a logged key, or (None, None) when it was never logged."""
     values = series(log_history, key)
@@ -444,7 +460,7 @@ def _publish_merged(write, base_path: str, out_dir: Path) -> Path:
     write(tmp)
     # A fast tokenizer does not write the SentencePiece files it was not loaded from; llama.cpp's converter
     # needs them for SentencePiece families (Gemma), so the base folder's copies travel with every merge.
-    from ..models.packaged import CONVERTER_VOCAB_DIR
+    from ..llamacpp.convert import CONVERTER_VOCAB_DIR
 
     if (Path(base_path) / CONVERTER_VOCAB_DIR).is_dir():
         shutil.copytree(Path(base_path) / CONVERTER_VOCAB_DIR, tmp / CONVERTER_VOCAB_DIR, dirs_exist_ok=True)

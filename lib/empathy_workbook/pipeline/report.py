@@ -167,7 +167,7 @@ def win_rows(eval_metrics: dict) -> list[dict]:
 
 def export_verdict(export_metrics: dict) -> dict:
     """The phone file's verdict from export/metrics.json: verified or the failed checks, KLD and size."""
-    from ..phases.export import failed_checks
+    from ..llamacpp.file_checks import failed_checks
 
     deploy = export_metrics.get("deploy_file", "model-q4_k_m.gguf")
     fmt = next((q for q in export_metrics.get("kld_mean", {}) if f"model-{q.lower()}.gguf" == deploy), "Q4_K_M")
