@@ -35,6 +35,15 @@ def test_wrong_type_is_rejected():
         load_config("tiny", {"sft": {"train": {"batch_size": "four"}}})
 
 
+def test_a_single_loss_may_be_named_on_its_own_but_other_lists_stay_lists():
+    """dpo.loss_type opts in (its field metadata) to reading "ipo" as ["ipo"]; a list field that does not opt in,
+    like data.mix_in, still refuses a bare string rather than treating a file name as a list of characters."""
+    assert load_config("tiny", {"dpo": {"loss_type": "ipo"}}).dpo.loss_type == ["ipo"]
+    assert load_config("tiny", {"dpo": {"loss_type": ["sigmoid", "sft"]}}).dpo.loss_type == ["sigmoid", "sft"]
+    with pytest.raises(ConfigError, match=r"data\.mix_in: expected list"):
+        load_config("tiny", {"data": {"mix_in": "data/boundary_corpus.jsonl"}})
+
+
 def test_none_overrides_keep_the_preset():
     assert load_config("tiny", {"data": {"max_tokens": None}}).data.max_tokens == load_config("tiny").data.max_tokens
 

@@ -37,11 +37,14 @@ class ConfigError(ValueError):
     """A preset or override that cannot describe a valid run."""
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    """A dataclass field whose one-line help text is kept in its metadata."""
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING,
+          one_or_list: bool = False):
+    """A dataclass field whose one-line help text is kept in its metadata. `one_or_list`: a list field that also
+    accepts a single item written on its own (read as a list of one)."""
+    metadata = {"help": text, "one_or_list": one_or_list}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -248,7 +251,8 @@ class DPOConfig:
     beta: float = _help("strength of the pull toward the reference (0.01-0.5)", 0.1)
     loss_type: list = _help("TRL DPO loss(es): ['sigmoid'] (the DPO paper), ['ipo'], ['hinge'], or a combination such "
                             "as ['sigmoid', 'sft'] (DPO plus the chosen answers' SFT loss: TRL's remedy for a small "
-                            "model that DPO degrades); a single name is accepted too", factory=lambda: ["sigmoid"])
+                            "model that DPO degrades); a single name is accepted too", factory=lambda: ["sigmoid"],
+                            one_or_list=True)
     loss_weights: list = _help("one weight per loss type ([] = 1.0 each), e.g. [1.0, 0.5]", factory=list)
     load_in_4bit: bool = _help("load the merged SFT model in 4-bit for DPO (CUDA + bitsandbytes): less memory, but the "
                                "implicit reference is then the 4-bit copy, not exactly the SFT model", False)
@@ -258,8 +262,6 @@ class DPOConfig:
 
     def __post_init__(self):
         _require(self.beta > 0, f"dpo.beta={self.beta} must be positive")
-        if isinstance(self.loss_type, str):
-            self.loss_type = [self.loss_type]
         _require(bool(self.loss_type) and all(isinstance(t, str) and t for t in self.loss_type),
                  f"dpo.loss_type={self.loss_type!r}: name at least one TRL loss, e.g. ['sigmoid']")
         _require(not self.loss_weights or len(self.loss_weights) == len(self.loss_type),
@@ -382,11 +384,14 @@ def _build(cls, values: dict, where: str):
         raise ConfigError(f"unknown key {where + '.' if where else ''}{unknown[0]}: "
                           f"{cls.__name__} declares {sorted(known)}")
     kwargs = {}
+    declared = {f.name: f for f in fields(cls)}
     for name, value in values.items():
         hint = hints[name]
         path = f"{where}.{name}" if where else name
+        if declared[name].metadata.get("one_or_list") and isinstance(value, str):
+            value = [value]  # e.g. dpo.loss_type: one loss may be named on its own ("ipo"), as TRL itself accepts
         if dataclasses.is_dataclass(hint):
-            default = next(f for f in fields(cls) if f.name == name).default_factory()
+            default = declared[name].default_factory()
             kwargs[name] = _build(hint, _merge(dataclasses.asdict(default), value, path), path)
         else:
             kwargs[name] = _coerce(hint, value, path)
@@ -414,8 +419,6 @@ def _coerce(hint, value, where):
             return float(value)
         except ValueError:
             pass
-    if getattr(hint, "__name__", "") == "list" and isinstance(value, str) and where.endswith("loss_type"):
-        return [value]  # dpo.loss_type: one loss may be named on its own ("ipo"), as TRL itself accepts
     expected = {"float": float, "int": int, "str": str, "bool": bool, "list": list}.get(getattr(hint, "__name__", ""), None)
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
