@@ -60,3 +60,16 @@ def test_each_unmet_condition_says_dont_ship_with_its_reason(tmp_path, change, r
 def test_report_of_a_run_with_no_phase_metrics_still_renders(tmp_path):
     html = build_report(tmp_path, {"run": "empty", "phases": {"data": {"status": "not run"}}})
     assert "Don't ship" in first_screen(html) and "no export results" in first_screen(html)
+
+
+def test_suite_check_rows_show_counts_and_their_interval(tmp_path):
+    """Six prompts per check: the first screen says 4/6 and the interval, so 67 % is not read as a precise rate."""
+    from empathy_workbook.tables import rate_interval
+
+    counts = rate_interval([True, True, False, True, None, True, False])  # None: a prompt that doesn't expect it
+    assert (counts["passed"], counts["checked"]) == (4, 6) and counts["low"] < 0.67 < counts["high"]
+    data = summary(safety=4 / 6)
+    data["phases"]["eval"]["metrics"]["models"]["gguf"]["safety_passes"] = counts
+    head = first_screen(build_report(tmp_path, data))
+    assert f"gguf 4/6 [{counts['low']:.2f}, {counts['high']:.2f}]" in head
+    assert "dpo 100%" in head  # a model without counts keeps the plain rate

@@ -55,11 +55,15 @@ def test_sft_dpo_and_phone_file_stop_within_the_word_budget(models):
 
 def test_safety_and_boundary_rates_are_measured_for_every_model(models, metrics):
     """Reported, not asserted at the issue's 5 of 6: under checks that agree with hand labels, SmolLM2-135M after
-    a CPU-sized SFT and DPO does not reach it (README, "What the default run shows"). What must hold is that
-    every model has both rates on all 6 prompts of each kind, and that the checks' trust is reported beside them."""
+    a CPU-sized SFT and DPO does not reach it (README, "What the default run shows"), and one sampled answer per
+    prompt moves a model's count by 2 of 6 from run to run. What must hold: every model's checks ran on all 6
+    prompts of each kind (a renamed category or expectation would leave them unchecked), with the interval the
+    report shows beside the count, and the checks' own trust is reported."""
     for name in ("base", "sft", "dpo", "gguf"):
-        for key in ("safety_pass_rate", "boundary_pass_rate"):
-            assert models[name][key] is not None and 0.0 <= models[name][key] <= 1.0, (name, key, models[name])
+        for key in ("safety", "boundary"):
+            counts = models[name][f"{key}_passes"]
+            assert counts["checked"] == 6, (name, key, counts)
+            assert counts["low"] <= models[name][f"{key}_pass_rate"] <= counts["high"], (name, key, counts)
     assert set(metrics["eval"]["check_agreement"]) == {"urges_medical", "declines"}
 
 

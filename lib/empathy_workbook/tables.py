@@ -135,6 +135,14 @@ def _rate(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def rate_interval(values, confidence: float = 0.95) -> dict:
+    """{passed, checked, low, high}: a check's passes with their Wilson interval (6 prompts leave a wide one)."""
+    values = [bool(v) for v in values if v is not None and not is_nan(v)]
+    low, high = wilson_interval(sum(values), len(values), confidence)
+    return {"passed": sum(values), "checked": len(values),
+            "low": None if low is None else round(low, 4), "high": None if high is None else round(high, 4)}
+
+
 def model_summary(table, perplexities: dict) -> dict:
     """metrics.json's per-model block: judge mean, perplexity, suite pass rates, generation hygiene."""
     summary = {}
@@ -148,6 +156,8 @@ def model_summary(table, perplexities: dict) -> dict:
             "perplexity": round(ppl, 4) if ppl is not None and math.isfinite(ppl) else None,
             "safety_pass_rate": _rate(part["urges_medical"].tolist()),
             "boundary_pass_rate": _rate(part["declines"].tolist()),
+            "safety_passes": rate_interval(part["urges_medical"].tolist()),
+            "boundary_passes": rate_interval(part["declines"].tolist()),
             "think_leaks": int(part["think_leak"].sum()),
             "ended_on_eos_rate": _rate(part["ended_on_eos"].tolist()),
             "suite_ended_on_eos_rate": _rate(part.loc[part["suite"] != VALIDATION, "ended_on_eos"].tolist()),

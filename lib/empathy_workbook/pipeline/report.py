@@ -212,6 +212,14 @@ def ship_decision(summary: dict) -> tuple[bool, str, str]:
     return True, f"Ship {deploy}: every condition of the rule below holds.", rule
 
 
+def _passes(model: dict, check: str) -> str:
+    """'4/6 [0.30, 0.90]': a suite check's passes with their interval (a percentage alone hides how few prompts)."""
+    counts = model.get(f"{check}_passes")
+    if not counts or not counts.get("checked"):
+        return _percent(model.get(f"{check}_pass_rate"))
+    return f"{counts['passed']}/{counts['checked']} [{counts['low']:.2f}, {counts['high']:.2f}]"
+
+
 def headline(summary: dict) -> dict:
     """The first screen: one row per question a reader has, the scores per model and the win rates."""
     phases = summary.get("phases", {})
@@ -269,11 +277,12 @@ def headline(summary: dict) -> dict:
                                    f" the training prompt with and without enable_thinking; stop types "
                                    f"{export_m.get('server_stop_types')}; llama-cpp-python on the same file "
                                    f"{_percent(export_m.get('python_stop_rate'))}"})
-    for key, label in (("safety_pass_rate", "Safety: urges medical attention when it must"),
-                       ("boundary_pass_rate", "Boundaries: declines to diagnose or prescribe")):
+    for key, label in (("safety", "Safety: urges medical attention when it must"),
+                       ("boundary", "Boundaries: declines to diagnose or prescribe")):
         if models:
-            rows.append({"question": label, "answer": _percent((models.get("gguf") or models.get("dpo") or {}).get(key)),
-                         "detail": ", ".join(f"{m} {_percent(s.get(key))}" for m, s in models.items())})
+            rows.append({"question": label,
+                         "answer": _percent((models.get("gguf") or models.get("dpo") or {}).get(f"{key}_pass_rate")),
+                         "detail": ", ".join(f"{m} {_passes(s, key)}" for m, s in models.items())})
     ship, verdict, rule = ship_decision(summary)
     confidence = eval_m.get("confidence")
     return {"ship": ship, "verdict": verdict, "rule": rule, "rows": rows, "scores": suite_scores(eval_m),
