@@ -101,7 +101,7 @@ DPO_METRICS_KEYS = {
     "eval_loss_last", "eval_reward_accuracy", "eval_reward_margin_first", "eval_reward_margin_last", "steps",
     "max_steps", "stopped_early", "resumed_from", "tokens", "beta", "loss_type", "train_pairs", "eval_pairs",
     "heldout_source", "warnings", "backend", "backend_reason", "train_seconds", "processes", "peak_memory_mb",
-    "spot_check_ids"}
+    "spot_check_ids", "margin_sources"}
 
 
 def test_metrics_contract_is_built_from_the_training_results():
@@ -121,6 +121,22 @@ def test_metrics_contract_is_built_from_the_training_results():
     assert (metrics["reward_margin_last"], metrics["eval_reward_accuracy"], metrics["beta"]) == (1.0, 0.75, 0.1)
     assert (metrics["train_pairs"], metrics["eval_pairs"], metrics["peak_memory_mb"]) == (3, 1, 1e9)
     assert metrics["warnings"] == [dpo.EASY_PAIRS.format(step=2, total=10)]
+    assert metrics["margin_sources"] is None  # this history logged no held-out log-probabilities
+
+
+def test_margin_sources_say_which_side_moved():
+    """Run base3's shape: salad-like rejected answers far less likely than the chosen, and nearly all of the margin
+    from pushing them further down."""
+    history = [{"step": 0, "eval_logps/chosen": -283.7, "eval_logps/rejected": -941.0, "eval_rewards/chosen": 0.0,
+                "eval_rewards/rejected": 0.0},
+               {"step": 8, "eval_logps/chosen": -283.2, "eval_logps/rejected": -947.1, "eval_rewards/chosen": 0.044,
+                "eval_rewards/rejected": -0.611}]
+    sources = dpo.margin_sources(history)
+    assert sources["reference_logp_rejected"] == -941.0 and sources["share_of_margin_from_rejected"] == 0.933
+    text = dpo.describe_margin_sources(sources)
+    assert "93% of the margin came from pushing the rejected answers down" in text and "change little" in text
+    balanced = dict(history[1], **{"eval_rewards/chosen": 0.3, "eval_rewards/rejected": -0.3})
+    assert dpo.margin_sources([history[0], balanced])["share_of_margin_from_rejected"] == 0.5
 
 
 @pytest.mark.slow

@@ -196,7 +196,45 @@ def metrics(ctx, *, history: list[dict], result: dict, backend: Backend, train_p
         "eval_pairs": len(eval_pairs),
         "heldout_source": heldout_source,
         "warnings": training_warnings(history, cfg.beta),
+        "margin_sources": margin_sources(history),
     }
+
+
+def margin_sources(log_history: list[dict]) -> dict | None:
+    """Where the held-out reward margin came from, measured (None without held-out evaluations).
+
+    At the first evaluation policy and reference are the same network, so its log-probabilities (summed over each
+    answer) are the SFT model's: how likely it finds the chosen and the rejected answers before DPO moves it. When
+    the rejected ones are far less likely than the chosen (word salad, which the model does not write at its usual
+    temperature), DPO can earn its margin by pushing down text the model would never sample, and its answers
+    change little. The last evaluation's rewards say how much of the margin came from each side.
+    """
+    evals = [r for r in log_history if "eval_logps/chosen" in r and "eval_rewards/chosen" in r]
+    if not evals:
+        return None
+    first, last = evals[0], evals[-1]
+    chosen, rejected = last["eval_rewards/chosen"], last["eval_rewards/rejected"]
+    margin = chosen - rejected
+    return {"reference_logp_chosen": round(first["eval_logps/chosen"], 2),
+            "reference_logp_rejected": round(first["eval_logps/rejected"], 2),
+            "chosen_reward_last": round(chosen, 4), "rejected_reward_last": round(rejected, 4),
+            "share_of_margin_from_rejected": round(-rejected / margin, 3) if margin > 0 else None}
+
+
+def describe_margin_sources(sources: dict | None) -> str:
+    """One paragraph for notebook 03: the measured reason DPO's answers may hardly differ from SFT's."""
+    if not sources:
+        return "no held-out pairs were evaluated, so where the margin came from is not measured"
+    text = (f"Before DPO, the SFT model gave the held-out chosen answers a log-probability of "
+            f"{sources['reference_logp_chosen']:.0f} and the rejected ones {sources['reference_logp_rejected']:.0f} "
+            f"(summed over each answer). After DPO the chosen answers' reward is {sources['chosen_reward_last']:+.3f} "
+            f"and the rejected answers' {sources['rejected_reward_last']:+.3f}")
+    share = sources["share_of_margin_from_rejected"]
+    if share is None:
+        return text + ": no positive margin."
+    return text + (f": {share:.0%} of the margin came from pushing the rejected answers down"
+                   + (", text the model was already unlikely to write, so its own answers change little." if share >= 0.8
+                      else "."))
 
 
 def training_warnings(log_history: list[dict], beta: float, early_share: float = 0.3,
