@@ -2,6 +2,7 @@
 round trip through llama.cpp's converter (SentencePiece model rebuilt from the GGUF's vocabulary)."""
 
 import sys
+from pathlib import Path
 import types
 
 import pytest
@@ -114,3 +115,19 @@ def test_f16_gguf_makes_the_same_greedy_choices_as_transformers(gemma_dir, gemma
     conversations = [prompt_messages("Be kind.", "I fell on the stairs yesterday. What should I do?")]
     result = greedy_parity(load_causal_lm(gemma_dir), gemma_tokenizer, out, conversations, k=8)
     assert result["match"], result
+
+
+def test_smollm2_folder_is_a_byte_level_bpe_that_llama_cpp_converts_as_bpe(smollm_tokenizer):
+    """llama.cpp's converter reads a tokenizer.json with byte fallback and a Sequence decoder as a Llama
+    SentencePiece vocabulary (gguf.vocab.LlamaHfVocab accepts it) and writes a phone file llama.cpp cannot chat
+    with; transformers 5.17 reads SmolLM2's GGUF into exactly that shape. The packaged folder must make the
+    converter fall through to its BPE path (LlamaHfVocab refuses), encode as before, and decode a literal "▁"."""
+    from gguf.vocab import LlamaHfVocab
+
+    folder = Path(smollm_tokenizer.name_or_path)
+    with pytest.raises(FileNotFoundError, match="Llama BPE"):
+        LlamaHfVocab(folder)
+    text = "I fell yesterday — it's fine.\n\n▁x 🙂"
+    ids = smollm_tokenizer.encode(text, add_special_tokens=False)
+    assert smollm_tokenizer.decode(ids) == text
+    assert smollm_tokenizer.convert_ids_to_tokens(ids[:2]) == ["I", "Ġfell"]

@@ -28,7 +28,7 @@ from ..llamacpp.convert import CONVERTER_VOCAB_DIR
 from ..paths import cache_dir
 
 PACKAGE_SCHEME = "gguf-package:"
-BUILD_VERSION = 4  # 4: tokenizer read from the rebuilt SentencePiece model; bump when the conversion below changes in a way the fields of PackagedModel don't capture
+BUILD_VERSION = 5  # 5: a BPE vocabulary saved as plain byte-level BPE; 4: tokenizer read from the rebuilt SentencePiece model; bump when the conversion below changes in a way the fields of PackagedModel don't capture
 
 
 @dataclass(frozen=True)
@@ -158,9 +158,12 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    if gguf_vocabulary(gguf_path)["model"] == "llama":  # SentencePiece; a BPE vocabulary converts from tokenizer.json
+    vocab_model = gguf_vocabulary(gguf_path)["model"]
+    if vocab_model == "llama":  # SentencePiece; a BPE vocabulary converts from tokenizer.json
         write_converter_vocabulary(gguf_path, tmp / CONVERTER_VOCAB_DIR)
         tokenizer = sentencepiece_tokenizer(type(tokenizer), tmp / CONVERTER_VOCAB_DIR / "tokenizer.model", tokenizer)
+    elif vocab_model == "gpt2":
+        plain_byte_level(tokenizer)
     prepare_tokenizer(tokenizer, profile)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers keeps a "gguf quantizer" on the model although the weights are plain fp32 tensors now;
@@ -179,6 +182,25 @@ def build_folder(name: str, gguf_path: Path, out_dir: Path, log=print) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the finished folder appears at once; a crash leaves only *.tmp* behind
     return out_dir
+
+
+def plain_byte_level(tokenizer) -> None:
+    """Make a GGUF's BPE ("gpt2") vocabulary a plain byte-level BPE again, in place.
+
+    transformers 5.17 reads SmolLM2's GGUF vocabulary into a BPE with byte fallback and a SentencePiece-style
+    decoder (ByteFallback, Fuse, "▁" → " ", ByteLevel). The token ids are the same, but llama.cpp's converter
+    takes a tokenizer.json with byte fallback and a Sequence decoder for a Llama SentencePiece vocabulary and
+    writes `tokenizer.ggml.model = llama` into the phone file, which llama.cpp then cannot use ("SPM vocabulary,
+    but newline token not found"; llama-server refuses every chat). Byte-level BPE has no byte tokens to fall back
+    to, so dropping the fallback and decoding with ByteLevel alone changes no encoding; it also stops a literal "▁"
+    from being decoded as a space.
+    """
+    from tokenizers import decoders
+
+    backend = tokenizer.backend_tokenizer
+    backend.model.byte_fallback = False
+    backend.decoder = decoders.ByteLevel()
+    backend.normalizer = None
 
 
 def sentencepiece_tokenizer(tokenizer_class, model_file: Path, gguf_tokenizer):
