@@ -154,13 +154,14 @@ def test_edit_matrix_reruns_exactly_what_depends_on_the_edit(repo):
     assert run(repo) == PHASE_ORDER
     assert run(repo) == []  # nothing changed: everything reused
 
-    # a data file only the evaluation reads: the eval suite
+    # a data file the export's phone checks and the evaluation read: the eval suite (export answers its prompts
+    # through llama-server, so it declares the eval section; registry.py)
     suite = repo / "data" / "eval_suite.jsonl"
     rows = suite.read_text(encoding="utf-8").splitlines()
     last = json.loads(rows[-1])
     last["prompt"] = last["prompt"] + " (edited)"
     suite.write_text("\n".join(rows[:-1] + [json.dumps(last)]) + "\n", encoding="utf-8")
-    assert run(repo) == ["eval"]
+    assert run(repo) == ["export", "eval"]
 
     # a data file read by name in the preferences phase: the judge-agreement pairs
     pairs = repo / "data" / "judge_pairs.jsonl"
