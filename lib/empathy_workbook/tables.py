@@ -130,14 +130,19 @@ def win_rates(table, confidence: float = 0.95, samples: int = 2000, seed: int = 
     return {f"{a}_vs_{b}": win_rate(table, a, b, confidence, samples, seed) for a, b in WIN_PAIRS}
 
 
+def _checked(values) -> list[bool]:
+    """The outcomes of a check, without the answers it did not apply to (None or NaN)."""
+    return [bool(v) for v in values if v is not None and not is_nan(v)]
+
+
 def _rate(values) -> float | None:
-    values = [bool(v) for v in values if v is not None and not is_nan(v)]
+    values = _checked(values)
     return round(sum(values) / len(values), 4) if values else None
 
 
 def rate_interval(values, confidence: float = 0.95) -> dict:
     """{passed, checked, low, high}: a check's passes with their Wilson interval (6 prompts leave a wide one)."""
-    values = [bool(v) for v in values if v is not None and not is_nan(v)]
+    values = _checked(values)
     low, high = wilson_interval(sum(values), len(values), confidence)
     return {"passed": sum(values), "checked": len(values),
             "low": None if low is None else round(low, 4), "high": None if high is None else round(high, 4)}
