@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from empathy_workbook import judges
@@ -585,6 +586,22 @@ def test_probe_summary_and_table_for_the_rubric(tmp_path):
     assert summary["equal_length"]["pairs"] == 3
     table = judge_probe.robustness_table([summary], rows)
     assert "master_key_floor_rate" in table.index and set(judge_probe.MASTER_KEYS) <= set(table.index)
+
+
+def test_probe_judges_keys_summaries_by_name_and_measures_length_on_a_given_table(tmp_path):
+    judge = get_judge(JudgeConfig(backend="rubric"), cache_dir=tmp_path)
+    q = "I'm scared of falling again."
+    good = "That sounds really frightening, and it makes sense to feel that way. You could ask your doctor " \
+           "about a balance class, and a night light may help."
+    pairs = [(q, good, "Falls happen."), (q, good + " Take care.", "ok")]
+    # the longer the answer, the lower its score: a correlation the sampled pairs (long = good) cannot give
+    table = pd.DataFrame({"answer": ["a", "a b", "a b c"], "score": [9.0, 5.0, 1.0]})
+    summaries, rows = judge_probe.probe_judges({"main": judge, "second": judge}, [q], pairs, gap=2.0,
+                                               length_tables={"second": table})
+    assert list(summaries) == ["main", "second"] and len(rows) == 2 * len(judge_probe.MASTER_KEYS)
+    assert summaries["second"]["length_score_correlation"] == pytest.approx(-1.0)
+    assert summaries["main"] == judge_probe.probe_judge(judge, [q], pairs, gap=2.0)[0]
+    assert summaries["main"]["length_score_correlation"] > 0
 
 
 def test_length_correlation_and_equal_length_cut():

@@ -129,6 +129,25 @@ def probe_judge(judge, questions: list[str], pairs: list[tuple[str, str, str]], 
     return summary, rows
 
 
+def probe_judges(judges: dict, questions: list[str], pairs: list[tuple[str, str, str]], gap: float,
+                 length_tables: dict | None = None, progress: bool = False) -> tuple[dict, list]:
+    """({name: summary}, the master-key rows of every judge): probe_judge for each of {name: judge}.
+
+    length_tables: {name: results table with 'answer' and 'score'}; a judge named there has its length correlation
+    measured over that table's answers instead of the sampled pairs (notebook 05: every answer of every model,
+    which that judge has already scored).
+    """
+    summaries, rows = {}, []
+    for name, judge in judges.items():
+        summaries[name], judge_rows = probe_judge(judge, questions, pairs, gap, progress=progress)
+        table = (length_tables or {}).get(name)
+        if table is not None:
+            summaries[name]["length_score_correlation"] = length_score_correlation(table["answer"].tolist(),
+                                                                                   table["score"].tolist())
+        rows += judge_rows
+    return summaries, rows
+
+
 def robustness_table(summaries: list[dict], rows: list[dict]):
     """A DataFrame: one row per master key (mean overall per judge, '⚑' where above the floor), then the
     summary lines (floor rate, length correlation, retention change, stability)."""
