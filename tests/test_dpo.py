@@ -113,15 +113,19 @@ def test_metrics_contract_is_built_from_the_training_results():
                 {"step": 10, "eval_loss": 0.5, "eval_rewards/margins": 0.6, "eval_rewards/accuracies": 0.75}]
     result = {"global_step": 10, "max_steps": 10, "stopped_early": False, "resumed_from": None, "tokens": 900,
               "seconds": 4.0}
+    warnings = dpo.training_warnings(history, cfg.dpo.beta)
+    assert warnings == [dpo.EASY_PAIRS.format(step=2, total=10)]
+    assert dpo.margin_sources(history) is None  # this history logged no held-out log-probabilities
+    sources = {"share_of_margin_from_rejected": 0.9}  # as notebook 03 showed it: recorded as given, not recomputed
     metrics = dpo.metrics(SimpleNamespace(cfg=cfg), history=history, result=result,
                           backend=Backend("cpu", "cpu", False, "fp32", "no GPU"), train_pairs=[{}] * 3,
                           eval_pairs=[{}], heldout_source="pairs_heldout.jsonl", train_peak_mb=1e9, processes=1,
-                          spot_records=[{"id": "val-00002"}])
+                          spot_records=[{"id": "val-00002"}], warnings=warnings, sources=sources)
     assert set(metrics) == DPO_METRICS_KEYS
     assert (metrics["reward_margin_last"], metrics["eval_reward_accuracy"], metrics["beta"]) == (1.0, 0.75, 0.1)
     assert (metrics["train_pairs"], metrics["eval_pairs"], metrics["peak_memory_mb"]) == (3, 1, 1e9)
-    assert metrics["warnings"] == [dpo.EASY_PAIRS.format(step=2, total=10)]
-    assert metrics["margin_sources"] is None  # this history logged no held-out log-probabilities
+    # what the notebook showed is what metrics.json records, not a second computation
+    assert metrics["warnings"] is warnings and metrics["margin_sources"] is sources
 
 
 def test_margin_sources_say_which_side_moved():

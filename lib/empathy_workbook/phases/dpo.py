@@ -184,8 +184,13 @@ RUNAWAY_MARGINS = ("reward margins are still climbing at the end (last {last:.2f
 
 
 def metrics(ctx, *, history: list[dict], result: dict, backend: Backend, train_pairs: list, eval_pairs: list,
-            heldout_source: str, train_peak_mb: float, processes: int, spot_records: list[dict]) -> dict:
-    """Phase 03's metrics.json contract, from what the notebook's library calls returned."""
+            heldout_source: str, train_peak_mb: float, processes: int, spot_records: list[dict], warnings: list[str],
+            sources: dict | None) -> dict:
+    """Phase 03's metrics.json contract, from what the notebook's library calls returned.
+
+    warnings and sources: what ``training_warnings`` and ``margin_sources`` returned for the notebook to show, so
+    metrics.json records the very values the learner read.
+    """
     cfg = ctx.cfg.dpo
     return {
         **history_metrics(history, result),
@@ -195,8 +200,8 @@ def metrics(ctx, *, history: list[dict], result: dict, backend: Backend, train_p
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
         "heldout_source": heldout_source,
-        "warnings": training_warnings(history, cfg.beta),
-        "margin_sources": margin_sources(history),
+        "warnings": warnings,
+        "margin_sources": sources,
     }
 
 
