@@ -149,18 +149,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as work:
         trainer = (project_trainer(args, cfg, backend, tokenizer, pairs, Path(work)) if args.path == "project"
                    else trl_trainer(args, device, tokenizer, pairs, Path(work)))
-        timer = common.step_timer_callback(device)
-        trainer.add_callback(timer)
-        counter = common.TokenCounter(trainer.data_collator, tokenizer.pad_token_id)
-        trainer.data_collator = counter
         common.log(f"dpo ({args.path}): {args.data} pairs, {args.warmup}+{args.steps} steps of {args.batch} pair(s) …")
-        trainer.train()
-    timed = timer.times[args.warmup:]
-    batches = counter.batches[args.warmup:args.warmup + len(timed)]
-    seconds = sum(timed)
-    real = sum(b["real"] for b in batches)
-    slots = sum(b["slots"] for b in batches)
-    pairs = sum(b["rows"] for b in batches)
+        timing = common.timed_training(trainer, device, tokenizer.pad_token_id, args.warmup)
+    timed, seconds, real, slots = timing["step_seconds"], timing["seconds"], timing["real"], timing["slots"]
+    pairs = timing["rows"]
     mean_len = real / max(1, 2 * pairs)
     layers = args.layers or common.SHAPES[args.shape]["num_hidden_layers"]
     # useful FLOPs: policy forward + activation gradients (2x) and the reference forward (1x) = 3 forwards

@@ -197,19 +197,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as work:
         trainer = (project_trainer(args, cfg, backend, tokenizer, rows, Path(work)) if args.path == "project"
                    else trl_trainer(args, device, tokenizer, rows, Path(work)))
-        timer = common.step_timer_callback(device)
-        trainer.add_callback(timer)
-        counter = common.TokenCounter(trainer.data_collator, tokenizer.pad_token_id)
-        trainer.data_collator = counter
         common.log(f"sft: {describe(args, backend)}, {args.warmup}+{args.steps} steps of batch {args.batch} …")
-        trainer.train()
-    timed_steps = timer.times[args.warmup:]
-    timed_batches = counter.batches[args.warmup:args.warmup + len(timed_steps)]
-    seconds = sum(timed_steps)
-    real = sum(b["real"] for b in timed_batches)
-    slots = sum(b["slots"] for b in timed_batches)
+        timing = common.timed_training(trainer, device, tokenizer.pad_token_id, args.warmup)
+    timed_steps, seconds, real, slots = timing["step_seconds"], timing["seconds"], timing["real"], timing["slots"]
     layers = args.layers or common.SHAPES[args.shape]["num_hidden_layers"]
-    mean_len = real / max(1, sum(b["rows"] for b in timed_batches))
+    mean_len = real / max(1, timing["rows"])
     # useful FLOPs of LoRA training: forward + activation gradients ≈ 2 forwards (recompute not counted)
     flops = 2 * common.forward_flops_per_token(args.shape, int(mean_len / 2), args.layers) * real
     row = common.Row(

@@ -390,6 +390,23 @@ class TokenCounter:
         return getattr(self.collator, name)
 
 
+def timed_training(trainer, device: str, pad_id: int, warmup: int) -> dict:
+    """Train with every optimizer step timed and every batch's tokens counted; totals over the steps after `warmup`.
+
+    Returns step_seconds (one per timed step), seconds, real (non-padding tokens), slots (token positions, padding
+    included) and rows (examples) of the timed steps' batches.
+    """
+    timer = step_timer_callback(device)
+    trainer.add_callback(timer)
+    counter = TokenCounter(trainer.data_collator, pad_id)
+    trainer.data_collator = counter
+    trainer.train()
+    steps = timer.times[warmup:]
+    batches = counter.batches[warmup:warmup + len(steps)]  # the collator runs once per optimizer step (grad_accum 1)
+    return {"step_seconds": steps, "seconds": sum(steps), "real": sum(b["real"] for b in batches),
+            "slots": sum(b["slots"] for b in batches), "rows": sum(b["rows"] for b in batches)}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # results
 
