@@ -72,11 +72,7 @@ def main(argv=None) -> None:
     bench_sft.defaults(sft_args, device)
     cfg = backend = None
     if sft_args.path == "project":
-        cfg, backend = common.project_phase("sft", {"batch_size": args.batch, "grad_accum": 1,
-                                                    "max_length": args.max_length, "max_steps": 1,
-                                                    "gradient_checkpointing": True, "eval_steps": bench_sft.BIG,
-                                                    "save_steps": bench_sft.BIG, "logging_steps": bench_sft.BIG,
-                                                    "early_stopping_patience": 0, "warmup_ratio": 0.0})
+        cfg, backend = common.project_phase("sft", common.window_overrides(args.batch, args.max_length, 1))
         sft_args.dtype = backend.precision
     sft_args.dtype = sft_args.dtype or ("bf16" if cuda else "fp32")
     common.mark_imports_done()

@@ -23,9 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BIG = 10**6  # "never" for eval/save/logging intervals inside a benchmark window
-
-
 def parse_args(argv=None):
     from common import cli
 
@@ -115,7 +112,7 @@ def trl_trainer(args, device, tokenizer, pairs, work: Path):
     config = DPOConfig(
         output_dir=str(work), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=5e-5, lr_scheduler_type="constant", beta=0.1,
-        max_length=1024, logging_steps=BIG, save_strategy="no", eval_strategy="no", report_to=[],
+        max_length=1024, logging_steps=common.BIG, save_strategy="no", eval_strategy="no", report_to=[],
         use_cpu=device == "cpu", bf16=args.dtype == "bf16", fp16=args.dtype == "fp16",
         gradient_checkpointing=args.grad_ckpt == "on", dataloader_num_workers=0, seed=0,
         optim="adamw_torch", disable_tqdm=True)
@@ -133,10 +130,8 @@ def main(argv=None) -> None:
     defaults(args, device)
     cfg = backend = None
     if args.path == "project":
-        train = {"batch_size": args.batch, "grad_accum": 1, "max_length": 1024,
-                 "max_steps": args.warmup + args.steps, "gradient_checkpointing": args.grad_ckpt == "on",
-                 "eval_steps": BIG, "save_steps": BIG, "logging_steps": BIG, "early_stopping_patience": 0,
-                 "warmup_ratio": 0.0, **({"precision": args.dtype} if args.dtype else {})}
+        train = common.window_overrides(args.batch, 1024, args.warmup + args.steps, args.grad_ckpt == "on",
+                                        args.dtype)
         cfg, backend = common.project_phase("dpo", train)
         args.dtype = backend.precision
     args.dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")

@@ -27,9 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BIG = 10**6  # "never" for eval/save/logging intervals inside a benchmark window
-
-
 def parse_args(argv=None):
     from common import cli
 
@@ -131,7 +128,7 @@ def trl_trainer(args, device, tokenizer, rows, work: Path):
     config = SFTConfig(
         output_dir=str(work), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
         max_steps=args.warmup + args.steps, learning_rate=2e-4, lr_scheduler_type="constant",
-        logging_steps=BIG, save_strategy="no", eval_strategy="no", report_to=[],
+        logging_steps=common.BIG, save_strategy="no", eval_strategy="no", report_to=[],
         use_cpu=device == "cpu", bf16=args.dtype == "bf16", fp16=args.dtype == "fp16",
         gradient_checkpointing=args.grad_ckpt == "on", completion_only_loss=True, max_length=args.seq_len,
         dataloader_num_workers=0, seed=0, optim="adamw_torch", disable_tqdm=True, **batching_fields(args))
@@ -176,10 +173,8 @@ def main(argv=None) -> None:
     defaults(args, device)
     cfg = backend = None
     if args.path == "project":
-        train = {"batch_size": args.batch, "grad_accum": 1, "max_length": args.seq_len,
-                 "max_steps": args.warmup + args.steps, "gradient_checkpointing": args.grad_ckpt == "on",
-                 "eval_steps": BIG, "save_steps": BIG, "logging_steps": BIG, "early_stopping_patience": 0,
-                 "warmup_ratio": 0.0, **({"precision": args.dtype} if args.dtype else {})}
+        train = common.window_overrides(args.batch, args.seq_len, args.warmup + args.steps, args.grad_ckpt == "on",
+                                        args.dtype)
         model = {"use_unsloth": not args.no_unsloth,
                  **({"load_in_4bit": args.base == "4bit"} if args.base != "preset" else {})}
         cfg, backend = common.project_phase("sft", train, model)

@@ -42,6 +42,7 @@ SHAPES: dict[str, dict] = {
 # Token ids the random models use for end-of-turn / padding (Qwen3's real ids).
 IM_END_ID, PAD_ID = 151645, 151643
 IMPORT_RSS_MB = None  # set by `mark_imports_done()`
+BIG = 10**6  # "never" for eval/save/logging intervals inside a benchmark window
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,6 +178,16 @@ def project_phase(phase: str, train_overrides: dict, model_overrides: dict | Non
 
     cfg = load_config(preset, {"model": model_overrides or {}, phase: {"train": train_overrides}})
     return cfg, training.prepare_backend(cfg.model, getattr(cfg, phase).train)
+
+
+def window_overrides(batch: int, max_length: int, steps: int, gradient_checkpointing: bool = True,
+                     precision: str | None = None) -> dict:
+    """A training phase's `train` overrides for a benchmark window: `steps` optimizer steps of `batch` rows, and no
+    evaluation, saving, logging, early stopping or learning-rate warmup inside it; the precision when one is forced."""
+    return {"batch_size": batch, "grad_accum": 1, "max_length": max_length, "max_steps": steps,
+            "gradient_checkpointing": gradient_checkpointing, "eval_steps": BIG, "save_steps": BIG,
+            "logging_steps": BIG, "early_stopping_patience": 0, "warmup_ratio": 0.0,
+            **({"precision": precision} if precision else {})}
 
 
 def parameter_count(shape: str, layers: int | None = None) -> dict:
