@@ -1,4 +1,4 @@
-"""Builders the test modules share (pytest puts tests/ on sys.path, so `from helpers import ...` works)."""
+"""Builders the test modules share (pyproject's `pythonpath` puts tests/ on sys.path: `from helpers import ...`)."""
 
 import importlib.util
 import json

@@ -35,7 +35,7 @@ class Phase:
     multi_process: bool = False
 
 
-# In pipeline order: a phase may read only phases above it (tests/test_registry.py checks this).
+# In pipeline order: a phase may read only phases above it (tests/unit/test_registry.py checks this).
 PHASE_LIST = (
     Phase("data", "00_prepare_data.ipynb", ("model", "data"), (),
           ("train.jsonl", "val.jsonl"),

@@ -55,7 +55,7 @@ def widgets_available() -> bool:
 def answers_html(side, prompt_id: str, models: list[str] | None = None) -> str:
     """One prompt's answers side by side (HTML cards with the judge score); `models` limits the cards.
 
-    The ew-* classes and data attributes are stable hooks for tests/test_browser.py.
+    The ew-* classes and data attributes are stable hooks for tests/browser/test_browser.py.
     """
     import html
 

@@ -1,6 +1,6 @@
 """More than one process on the CPU (gloo): how rows and prompts are shared, and two-process SFT, DPO and sampling.
 
-The slow tests start real processes with `accelerate launch --cpu --num_processes 2` (tests/distributed_worker.py
+The slow tests start real processes with `accelerate launch --cpu --num_processes 2` (tests/unit/distributed_worker.py
 runs a phase's entry point in each, with a ledger of the rows each process trained on) and compare them with the
 same entry point in one process.
 """
@@ -102,7 +102,7 @@ def free_port() -> int:
 
 
 def launch(args: list[str], processes: int, tmp: Path, cli: bool = False) -> None:
-    """tests/distributed_worker.py ARGS (or, with cli, `python -m empathy_workbook` ARGS) in one process, or in
+    """tests/unit/distributed_worker.py ARGS (or, with cli, `python -m empathy_workbook` ARGS) in one process, or in
     `processes` CPU processes through accelerate launch."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="",
                EWB_ARTIFACTS=str(tmp / "artifacts"))

@@ -93,7 +93,7 @@ def test_exercise_is_written_in_the_notebook(phase):
     (name, value), = EXERCISES[phase][0].items()
     text = exercise_text(phase)
     assert f"`{name} = {literal(value)}`" in text
-    assert text.count("tests/test_exercises.py") == 1  # the one exercise that CI runs is marked
+    assert text.count("tests/notebooks/test_exercises.py") == 1  # the one exercise that CI runs is marked
     nb = json.loads((NOTEBOOKS_DIR / NOTEBOOKS[phase]).read_text(encoding="utf-8"))
     last = nb["cells"][-1]
     assert last["metadata"].get("jupyter", {}).get("source_hidden") is True  # the collapsed worked answer

@@ -10,14 +10,14 @@ import json
 import re
 import sys
 from importlib import metadata as installed
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+from empathy_workbook.paths import REPO_ROOT
+
 # The machine a GPU user installs on: Linux, x86-64, this Python (markers for macOS or Windows do not apply).
 TARGET = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}
 
@@ -28,12 +28,12 @@ else:  # pragma: no cover
 
 
 def project() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
 
 def recorded() -> dict:
     """{canonical name: {"version", "requires_dist"}} from requirements/gpu-metadata.json."""
-    packages = json.loads((ROOT / "requirements" / "gpu-metadata.json").read_text())["packages"]
+    packages = json.loads((REPO_ROOT / "requirements" / "gpu-metadata.json").read_text())["packages"]
     return {canonicalize_name(name): entry for name, entry in packages.items()}
 
 
@@ -68,7 +68,7 @@ def rejected_pins(package: str, pins: dict[str, Version], packages: dict) -> lis
 
 
 def test_metadata_snapshot_is_dated_and_names_versions():
-    meta = json.loads((ROOT / "requirements" / "gpu-metadata.json").read_text())
+    meta = json.loads((REPO_ROOT / "requirements" / "gpu-metadata.json").read_text())
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", meta["recorded"])
     for name, entry in meta["packages"].items():
         assert entry["version"] and entry["requires_dist"], name

@@ -8,6 +8,7 @@ import pytest
 
 from empathy_workbook.config import SamplingConfig, TrainConfig, load_config
 from empathy_workbook.models import loading as models
+from empathy_workbook.paths import REPO_ROOT
 from empathy_workbook.phases import dpo, training
 from helpers import gpu, with_patches
 
@@ -132,10 +133,9 @@ def fake_tool(folder: Path, name: str, body: str) -> None:
 
 @pytest.mark.parametrize("with_nvcc", [True, False])
 def test_setup_builds_llama_cpp_with_cuda_when_nvcc_exists(tmp_path, with_nvcc):
-    root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "setup_venv.sh").write_text((root / "scripts" / "setup_venv.sh").read_text())
-    (tmp_path / "pyproject.toml").write_text((root / "pyproject.toml").read_text())
+    (tmp_path / "scripts" / "setup_venv.sh").write_text((REPO_ROOT / "scripts" / "setup_venv.sh").read_text())
+    (tmp_path / "pyproject.toml").write_text((REPO_ROOT / "pyproject.toml").read_text())
     bin_dir, venv_bin = tmp_path / "bin", tmp_path / ".venv" / "bin"
     bin_dir.mkdir()
     venv_bin.mkdir(parents=True)

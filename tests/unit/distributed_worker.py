@@ -1,8 +1,8 @@
 """One phase's training entry point in this process (or, under `accelerate launch`, in each process), with a ledger
-of the training rows every process trained on. Started by tests/test_distributed.py, never collected as a test.
+of the training rows every process trained on. Started by tests/unit/test_distributed.py, never collected as a test.
 
-    python tests/distributed_worker.py sft|dpo RUN ARTIFACTS LEDGER_DIR OVERRIDES_JSON
-    python tests/distributed_worker.py sample MODEL_DIR RECORDS_JSONL OUT_DIR GGUF   # generation, rejected answers,
+    python tests/unit/distributed_worker.py sft|dpo RUN ARTIFACTS LEDGER_DIR OVERRIDES_JSON
+    python tests/unit/distributed_worker.py sample MODEL_DIR RECORDS_JSONL OUT_DIR GGUF   # generation, rejected answers,
                                                                                   # judge, llama.cpp answers
 """
 
