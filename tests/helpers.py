@@ -142,3 +142,13 @@ def family_test_model(profile, request):
     if not is_installed(names[0]):
         pytest.skip(f"the {names[0]} weights are not installed ({PACKAGES[names[0]].pip_hint})")
     return assembled_gguf(names[0], log=lambda *_: None), load_tokenizer(str(ensure_packaged(names[0], log=lambda *_: None)))
+
+
+# A fall question and answers of known quality: warm, cold, cut mid-sentence, repetitive (the judge tests).
+PROMPT = "I fell in the bathroom last week and now I'm scared to shower alone."
+WARM = ("That sounds really frightening, and it makes complete sense that you feel scared after a fall. "
+        "Many people feel the same way. You could ask your doctor about a grab bar and a non-slip mat, "
+        "and consider a shower chair so you can sit. You deserve to feel safe at home.")
+COLD = "Just be more careful. Falls happen, it's no big deal."
+CUT = "That sounds really frightening, and it makes complete sense that you feel scared after a fall. Many"
+REPEAT = "You should try. You should try. You should try. You should try. You should try. You should try."

@@ -5,7 +5,7 @@ import tomllib
 import pytest
 import yaml
 
-from empathy_workbook.config import ConfigError, load_config
+from empathy_workbook.config import ConfigError, JudgeConfig, PreferenceConfig, load_config
 from empathy_workbook.paths import REPO_ROOT
 
 
@@ -71,3 +71,23 @@ def test_gitignore_keeps_lib_and_ignores_artifacts():
 
     assert not ignored("lib/empathy_workbook/config.py")
     assert ignored("artifacts/runs/x/metrics.json")
+
+
+def test_judge_config_validates_scoring_and_layout():
+    assert JudgeConfig().scoring == "json"
+    assert JudgeConfig(backend="transformers", model="m", scoring="probability").scoring == "probability"
+    with pytest.raises(ConfigError, match="judge.scoring='logits'"):
+        JudgeConfig(scoring="logits")
+    with pytest.raises(ConfigError, match="probability_layout"):
+        JudgeConfig(probability_layout="tree")
+
+
+def test_second_judges_and_filter_with_default_to_todays_behaviour():
+    cfg = load_config("tiny")
+    assert cfg.preferences.filter_with == "judge"
+    assert cfg.preferences.second_judge.backend == "rubric" and cfg.eval.second_judge.backend == "rubric"
+    with pytest.raises(ConfigError, match="filter_with='rubric'"):
+        PreferenceConfig(filter_with="rubric")
+    over = load_config("tiny", {"preferences": {"filter_with": "second_judge",
+                                                "second_judge": {"backend": "rubric", "scoring": "probability"}}})
+    assert over.preferences.filter_with == "second_judge" and over.preferences.second_judge.scoring == "probability"

@@ -381,3 +381,15 @@ def test_agreement_judges_say_which_could_not_run(tmp_path):
     assert list(chosen) == ["rubric"] and set(not_run) == {"transformers", "llama_cpp"}
     _, not_run = prefs.agreement_judges(main, JudgeConfig(backend="rubric"), str(tmp_path / "nope.gguf"), tmp_path)
     assert "is not a file" in not_run["llama_cpp"]
+
+
+def test_compare_judges_reports_each_retention_and_their_overlap():
+    def rows(judge, pairs):
+        return [{"judge": judge, "gap": None if c is None else c - r, "chosen_overall": c, "rejected_overall": r}
+                for c, r in pairs]
+    main = rows("a", [(8, 3), (6, 5), (9, 2), (None, 4)])
+    second = rows("b", [(7, 4), (7, 2), (5, 5), (6, 6)])
+    out = prefs.compare_judges(main, second, gap=2)
+    assert out["judges"]["judge"] == {"name": "a", "scored": 3, "kept": 2, "retention": round(2 / 3, 4)}
+    assert out["judges"]["second_judge"]["kept"] == 2 and out["both_keep"] == 1
+    assert out["overall_correlation"] is not None
