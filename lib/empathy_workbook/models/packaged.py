@@ -209,7 +209,7 @@ def sentencepiece_tokenizer(tokenizer_class, model_file: Path, gguf_tokenizer):
 
     transformers 5.17 (the release Unsloth accepts) turns a SentencePiece-BPE GGUF vocabulary such as Gemma 3's into a
     Unigram model that splits text into single letters and registers 5 of its 6,384 control and user-defined tokens;
-    its SentencePiece path reads the same vocabulary as llama.cpp does (tests/unit/test_chat_and_tiny.py compares them).
+    its SentencePiece path reads the same vocabulary as llama.cpp does (tests/unit/test_chat.py compares them).
     """
     import tempfile
 
