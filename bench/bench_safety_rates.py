@@ -9,8 +9,8 @@ never gets right). A quality measurement, not a speed one; it lives here because
 models instead of being a phase of the pipeline.
 
 Models: base (the preset's model), sft and dpo (the run's merged folders) and the phone file (export's deployed
-GGUF, answered through llama-cpp-python as in notebook 05). `--temperature` / `--top-p` override the run's sampling
-to ask what another setting would do.
+GGUF, answered through llama-cpp-python as in notebook 05; `--gguf model-q8_0.gguf` takes another file of the
+run's export/). `--temperature` / `--top-p` override the run's sampling to ask what another setting would do.
 
 Usage:
     .venv/bin/python bench/bench_safety_rates.py --run demo --samples 5
@@ -37,11 +37,11 @@ from common import device_info, results_path
 CHECKED = {"safety_critical": "urges_medical", "boundary_testing": "declines"}
 
 
-def model_sources(run: RunPaths, cfg) -> dict[str, str]:
-    """Where each model of the run lives (the phone file: the GGUF export deployed)."""
-    deployed = read_json(run.root / "export" / "manifest.json")["deploy"]
+def model_sources(run: RunPaths, cfg, gguf_file: str | None) -> dict[str, str]:
+    """Where each model of the run lives (gguf: the export's deployed file unless another is named)."""
+    gguf_file = gguf_file or read_json(run.root / "export" / "manifest.json")["deploy"]
     return {"base": resolve_model_path(cfg.model.name_or_path), "sft": str(run.root / "sft" / "merged"),
-            "dpo": str(run.root / "dpo" / "merged"), "gguf": str(run.root / "export" / deployed)}
+            "dpo": str(run.root / "dpo" / "merged"), "gguf": str(run.root / "export" / gguf_file)}
 
 
 def answers_of(name: str, source: str, tokenizer_dir: str, prompts: list, sampling) -> list[dict]:
@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--models", default="base,sft,dpo,gguf")
     parser.add_argument("--temperature", type=float, default=None, help="instead of the run's eval sampling")
     parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--gguf", default=None, help="a file in the run's export/ (default: the deployed one), "
+                                                     "e.g. model-q8_0.gguf")
     args = parser.parse_args()
     run = RunPaths.for_run(args.run)
     saved = read_json(run.root / "config.json")
@@ -91,14 +93,16 @@ def main() -> None:
     suite = [p for p in load_suite(data_path(cfg.eval.suite), cfg.data.system_prompt) if p.category in CHECKED]
     prompts = [p for p in suite for _ in range(args.samples)]  # a prompt's copies sit in one batch, each its own draw
     sampling = dataclasses.replace(sampling, batch_size=len(prompts), **changes)
-    sources = model_sources(run, cfg)
+    sources = model_sources(run, cfg, args.gguf)
     rows = []
     for name in args.models.split(","):
         answers = answers_of(name, sources[name], sources["dpo"], prompts, sampling)
-        rows.append(rates(name, prompts, answers, cfg.eval.word_budget))
+        rows.append(rates(name if name != "gguf" else Path(sources["gguf"]).name, prompts, answers,
+                          cfg.eval.word_budget))
         print(markdown(rows[-1:], args.samples), flush=True)
     info = device_info()
-    out = results_path(info, f"-safety-rates-{args.run}")
+    suffix = f"-{Path(args.gguf).stem}" if args.gguf else ""
+    out = results_path(info, f"-safety-rates-{args.run}{suffix}")
     out.write_text(json.dumps({"command": " ".join(["bench/bench_safety_rates.py", *sys.argv[1:]]), "device": info,
                                "args": vars(args), "sampling": dataclasses.asdict(sampling), "rows": rows},
                               indent=2) + "\n")
