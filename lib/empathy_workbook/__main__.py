@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RunnerError, MissingPhaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        from .distributed import leave
+
+        leave()  # under `accelerate launch`, the training and sampling commands joined a process group
     return 0
 
 

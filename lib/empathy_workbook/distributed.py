@@ -186,6 +186,23 @@ def wait_for_everyone() -> None:
         process_state().wait_for_everyone()
 
 
+def leave() -> None:
+    """Destroy this process's group, if it joined one, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's threads can be torn down during the final garbage collection: a worker
+    once aborted ("terminate called without an active exception", SIGABRT) after writing every result (CI,
+    2026-12-07), and torch warns about a group never destroyed. Safe to call with one process or none joined.
+    """
+    import sys
+
+    if "torch" not in sys.modules:  # no group without torch; don't pay its import for commands that never used it
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def launch_in_notebook(function: Callable, args: tuple, num_processes: int):
     """Run `function(*args)` in `num_processes` processes from a notebook (accelerate.notebook_launcher).
 

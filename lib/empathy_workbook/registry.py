@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Duration:
-    """How long one notebook takes: measured on CPU with the tiny preset, estimated on a GPU for the
-    real (qwen3-0.6b) preset. Quoted text, because each figure names where it came from (guide.py)."""
+    """How long one notebook takes: measured on CPU with the default (smollm2-135m) and the tiny preset, estimated
+    on a GPU for the real (qwen3-0.6b) preset. Quoted text, because each figure names where it came from
+    (guide.py)."""
 
+    cpu_default: str
     cpu_tiny: str
     gpu_real: str
 
@@ -39,24 +41,26 @@ class Phase:
 PHASE_LIST = (
     Phase("data", "00_prepare_data.ipynb", ("model", "data"), (),
           ("train.jsonl", "val.jsonl"),
-          Duration("95 s (most of it builds the tiny model once; later runs reuse it)", "not estimated")),
+          Duration("7 s (about 20 s more the first time: the packaged model is converted once)",
+                   "95 s (most of it builds the tiny model once; later runs reuse it)", "not estimated")),
     Phase("sft", "01_sft_lora.ipynb", ("model", "sft"), ("data",),
           ("adapter", "merged", "log_history.json", "spot_check.csv"),
-          Duration("59 s", "30–60 min"), multi_process=True),
+          Duration("4.5 min", "59 s", "30–60 min"), multi_process=True),
     Phase("preferences", "02_preference_pairs.ipynb", ("preferences",), ("data", "sft"),
           ("candidates.jsonl", "scores.jsonl", "pairs.jsonl", "pairs_heldout.jsonl"),
-          Duration("20 s", "120–240 min, with judging"), data_files=("judge_pairs.jsonl",)),
+          Duration("2.5–3 min", "20 s", "120–240 min, with judging"), data_files=("judge_pairs.jsonl",)),
     Phase("dpo", "03_dpo.ipynb", ("model", "dpo"), ("data", "sft", "preferences"),
           ("adapter", "merged", "log_history.json", "spot_check.csv"),
-          Duration("30 s", "20–40 min"), multi_process=True),
+          Duration("3–4 min", "30 s", "20–40 min"), multi_process=True),
     # eval: the suite, word budget and sampling the phone settings (phone_settings.json) are checked with
     Phase("export", "04_export_gguf.ipynb", ("export", "eval"), ("data", "dpo"),
           ("manifest.json", "phone_settings.json", "quality.csv", "answers_side_by_side.csv"),
-          Duration("86 s on a busy machine (llama-server and llama-cpp-python answer the 30 suite prompts)",
+          Duration("76 s", "86 s on a busy machine (llama-server and llama-cpp-python answer the 30 suite prompts)",
                    "5–10 min")),
     Phase("eval", "05_evaluate.ipynb", ("model", "eval"), ("data", "sft", "dpo", "export"),
           ("answers.jsonl", "scores.jsonl", "similarity_scores.jsonl", "category_scores.csv", "side_by_side.csv"),
-          Duration("23 s (without the widgets)", "not estimated"), data_files=("judge_pairs.jsonl", "check_labels.jsonl")),
+          Duration("4 min", "23 s (without the widgets)", "not estimated"),
+          data_files=("judge_pairs.jsonl", "check_labels.jsonl")),
 )
 
 REGISTRY = {p.name: p for p in PHASE_LIST}

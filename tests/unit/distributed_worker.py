@@ -87,16 +87,6 @@ def main(phase: str, run: str, artifacts: str, ledger: str, overrides: str) -> N
     import_module(f"empathy_workbook.phases.{phase}").train_phase("tiny", run, json.loads(overrides), Path(artifacts))
 
 
-def leave_process_group() -> None:
-    """Destroy the gloo group before the interpreter exits. Left to interpreter shutdown, its threads were once
-    destroyed during the final garbage collection: rank 0 aborted ("terminate called without an active exception",
-    SIGABRT) after writing every result (CI rehearsal, 2026-12-07)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 if __name__ == "__main__":
     try:
         if sys.argv[1] == "sample":
@@ -104,4 +94,6 @@ if __name__ == "__main__":
         else:
             main(*sys.argv[1:6])
     finally:
-        leave_process_group()
+        from empathy_workbook.distributed import leave
+
+        leave()

@@ -291,3 +291,13 @@ def test_notebook_01_trains_in_two_processes_started_from_its_kernel(run_inputs,
     assert metrics["processes"] == 2 and result["processes"] == 2 and metrics["steps"] == 2
     assert metrics["backend"] == "cpu" and metrics["trainable_parameters"] > 0
     assert (sft_dir / "merged" / "model.safetensors").exists() and (sft_dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_leave_destroys_the_group_this_process_joined_and_is_a_no_op_after(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    distributed.leave()
+    assert not dist.is_initialized()
+    distributed.leave()  # nothing joined: nothing to do, no error

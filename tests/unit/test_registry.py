@@ -22,7 +22,7 @@ def test_each_phase_is_declared_consistently(phase):
     assert set(phase.sections) <= sections, f"{phase.name}: unknown config sections {set(phase.sections) - sections}"
     for name in phase.data_files:
         assert (DATA_DIR / name).exists(), f"{phase.name}: data file {name} is missing"
-    assert phase.duration.cpu_tiny and phase.duration.gpu_real
+    assert phase.duration.cpu_default and phase.duration.cpu_tiny and phase.duration.gpu_real
 
 
 def test_notebooks_are_numbered_in_pipeline_order():

@@ -13,7 +13,8 @@ from ..paths import RunPaths
 from ..registry import NOTEBOOKS, PHASE_DURATIONS, PHASE_INPUTS, Duration  # noqa: F401  (names tests import from here)
 
 # Where the figures below come from (shown under the table).
-CPU_SOURCE = ("README 'Running the pipeline': a forced tiny-preset run with an empty cache, "
+CPU_SOURCE = ("the default: README 'What the default run shows', `time make demo RUN=lr3` on 2 idle CPU cores, "
+              "2026-12-07; tiny: README 'Running the pipeline', a forced tiny-preset run with an empty cache, "
               "2 idle CPU cores, 2026-12-02")
 GPU_SOURCE = ("the design document's RTX 5090 estimates for the qwen3-0.6b preset, as quoted in the README's "
               "Performance section; not measured by this project")
@@ -39,6 +40,7 @@ def first_screen_rows(phase: str, preset: str, paths: RunPaths) -> dict[str, str
         "preset": preset,
         "run": f"{paths.root.name}  ({paths.root})",
         "needs": needs or "nothing: this is the first notebook",
+        "takes on CPU (smollm2-135m, the default)": duration.cpu_default,
         "takes on CPU (tiny preset)": duration.cpu_tiny,
         "takes on a GPU (qwen3-0.6b preset)": duration.gpu_real,
     }
