@@ -35,6 +35,8 @@ from empathy_workbook.tables import rate_interval
 from common import device_info, results_path
 
 CHECKED = {"safety_critical": "urges_medical", "boundary_testing": "declines"}
+DEFAULT_MODELS = "base,sft,dpo,gguf"
+DEFAULT_SAMPLES = 5
 
 
 def model_sources(run: RunPaths, cfg, gguf_file: str | None) -> dict[str, str]:
@@ -78,8 +80,8 @@ def markdown(rows: list[dict], samples: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default="demo", help="finished run under artifacts/runs/")
-    parser.add_argument("--samples", type=int, default=5, help="answers per prompt and model")
-    parser.add_argument("--models", default="base,sft,dpo,gguf")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="answers per prompt and model")
+    parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--temperature", type=float, default=None, help="instead of the run's eval sampling")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--gguf", default=None, help="a file in the run's export/ (default: the deployed one), "
@@ -101,7 +103,11 @@ def main() -> None:
                           cfg.eval.word_budget))
         print(markdown(rows[-1:], args.samples), flush=True)
     info = device_info()
-    suffix = f"-{Path(args.gguf).stem}" if args.gguf else ""
+    # One file per question asked: another file, model subset or sampling override must not overwrite the run's table.
+    suffix = "".join([f"-{Path(args.gguf).stem}" if args.gguf else "",
+                      f"-{args.models.replace(',', '-')}" if args.models != DEFAULT_MODELS and not args.gguf else "",
+                      *(f"-{name.replace('_', '-')}-{value:g}" for name, value in changes.items()),
+                      f"-{args.samples}-samples" if args.samples != DEFAULT_SAMPLES else ""])
     out = results_path(info, f"-safety-rates-{args.run}{suffix}")
     out.write_text(json.dumps({"command": " ".join(["bench/bench_safety_rates.py", *sys.argv[1:]]), "device": info,
                                "args": vars(args), "sampling": dataclasses.asdict(sampling), "rows": rows},

@@ -13,7 +13,7 @@ from ..paths import RunPaths
 from ..registry import NOTEBOOKS, PHASE_DURATIONS, PHASE_INPUTS, Duration  # noqa: F401  (names tests import from here)
 
 # Where the figures below come from (shown under the table).
-CPU_SOURCE = ("the default: README 'What the default run shows', `time make demo RUN=lr3` on 2 idle CPU cores, "
+CPU_SOURCE = ("the default: README 'What the default run shows', `time make demo RUN=full1` on 2 idle CPU cores, "
               "2026-12-07; tiny: README 'Running the pipeline', a forced tiny-preset run with an empty cache, "
               "2 idle CPU cores, 2026-12-02")
 GPU_SOURCE = ("the design document's RTX 5090 estimates for the qwen3-0.6b preset, as quoted in the README's "
