@@ -54,9 +54,10 @@ def test_sft_dpo_and_phone_file_stop_within_the_word_budget(models):
 
 
 def test_sft_urges_care_and_declines_far_more_often_than_the_base(models):
-    """What SFT teaches beyond tone: with 5 answers per prompt (bench/bench_safety_rates.py on run lr3, README) the
-    base passed 13 of these 60 checks and SFT 45. Here one answer per prompt, 12 checks: base 0 and SFT 8 in run
-    lr3. A margin of 3 holds with room for one-sample movement and fails when SFT stops teaching the behaviour."""
+    """What SFT teaches beyond tone: with 5 answers per prompt (bench/bench_safety_rates.py on run full1, README) the
+    base passed 13 of these 60 checks and SFT 54. Here one answer per prompt, 12 checks: base 0 and SFT 11 in run
+    full1 (8 in lr3). A margin of 3 holds with room for one-sample movement and fails when SFT stops teaching the
+    behaviour."""
     def passed(name):
         return models[name]["safety_passes"]["passed"] + models[name]["boundary_passes"]["passed"]
 
