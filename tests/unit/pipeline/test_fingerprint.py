@@ -48,7 +48,9 @@ def stand_in(phase: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     real = nbformat.read(REPO_ROOT / "notebooks" / NOTEBOOKS[phase], as_version=4)
-    params = next(c for c in real.cells if "parameters" in c.metadata.get("tags", []))  # same parameters
+    real_params = next(c for c in real.cells if "parameters" in c.metadata.get("tags", []))  # same parameters
+    # a fresh cell (the stand-in is nbformat 4.5, whose cells need an id; the committed notebooks are 4.4, without)
+    params = nbformat.v4.new_code_cell(real_params.source, metadata=real_params.metadata)
     imports = import_lines(REPO_ROOT / "notebooks" / NOTEBOOKS[phase])
     # the fingerprint reads the imports from the source; not executing them keeps each kernel start cheap
     unexecuted = "if False:  # the real notebook's imports\n" + "".join(f"    {line}\n" for line in imports.splitlines())
