@@ -77,6 +77,20 @@ def markdown(rows: list[dict], samples: int) -> str:
     return "\n".join(lines)
 
 
+def results_suffix(args: argparse.Namespace, changes: dict) -> str:
+    """One file name per question asked, so that another GGUF file, a model subset, a sampling override or another
+    sample count never overwrites the run's main table ("-model-f16", "-dpo-top-p-0.95", "-sft-10-samples")."""
+    parts = []
+    if args.gguf:
+        parts.append(Path(args.gguf).stem)
+    elif args.models != DEFAULT_MODELS:
+        parts.append(args.models.replace(",", "-"))
+    parts += [f"{name.replace('_', '-')}-{value:g}" for name, value in changes.items()]
+    if args.samples != DEFAULT_SAMPLES:
+        parts.append(f"{args.samples}-samples")
+    return "".join(f"-{part}" for part in parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default="demo", help="finished run under artifacts/runs/")
@@ -103,12 +117,7 @@ def main() -> None:
                           cfg.eval.word_budget))
         print(markdown(rows[-1:], args.samples), flush=True)
     info = device_info()
-    # One file per question asked: another file, model subset or sampling override must not overwrite the run's table.
-    suffix = "".join([f"-{Path(args.gguf).stem}" if args.gguf else "",
-                      f"-{args.models.replace(',', '-')}" if args.models != DEFAULT_MODELS and not args.gguf else "",
-                      *(f"-{name.replace('_', '-')}-{value:g}" for name, value in changes.items()),
-                      f"-{args.samples}-samples" if args.samples != DEFAULT_SAMPLES else ""])
-    out = results_path(info, f"-safety-rates-{args.run}{suffix}")
+    out = results_path(info, f"-safety-rates-{args.run}{results_suffix(args, changes)}")
     out.write_text(json.dumps({"command": " ".join(["bench/bench_safety_rates.py", *sys.argv[1:]]), "device": info,
                                "args": vars(args), "sampling": dataclasses.asdict(sampling), "rows": rows},
                               indent=2) + "\n")
