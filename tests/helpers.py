@@ -47,12 +47,15 @@ def with_patches(patches, fn):
             p.stop()
 
 
-def preset_run_fixtures(preset: str, run: str):
+def preset_run_fixtures(preset: str, run: str, force: bool = False):
     """(summary, metrics): the module fixtures of a test module that asserts on one preset's end-to-end run.
 
-    summary is the runner's summary.json of `run` on `preset` (run once per module, phases reused when nothing
-    changed); metrics maps each phase to its metrics.json. Bind both at module level under these names:
-    ``summary, metrics = preset_run_fixtures(PRESET, RUN)``.
+    summary is the runner's summary.json of `run` on `preset` (run once per module; phases reused when nothing
+    changed, unless force); metrics maps each phase to its metrics.json. Bind both at module level under these
+    names: ``summary, metrics = preset_run_fixtures(PRESET, RUN)``.
+
+    With EWB_DROP_TEST_RUNS=1 (set by .ci/run) the run's folder is deleted once the module is done: a preset's run
+    holds 1.3 GB of merged models and GGUF files, and a CI machine's disk is not ours to fill.
     """
     import pytest
 
@@ -60,13 +63,25 @@ def preset_run_fixtures(preset: str, run: str):
     def summary():
         from empathy_workbook.pipeline.runner import run_pipeline
 
-        return run_pipeline(preset, run, progress=False)
+        yield run_pipeline(preset, run, force=force, progress=False)
+        drop_run_if_asked(run)
 
     @pytest.fixture(scope="module")
     def metrics(summary):
         return {phase: entry["metrics"] for phase, entry in summary["phases"].items()}
 
     return summary, metrics
+
+
+def drop_run_if_asked(run: str) -> None:
+    """Delete artifacts/runs/<run> when EWB_DROP_TEST_RUNS=1; a developer's runs stay for reuse and inspection."""
+    import os
+    import shutil
+
+    from empathy_workbook.paths import RunPaths
+
+    if os.environ.get("EWB_DROP_TEST_RUNS") == "1":
+        shutil.rmtree(RunPaths.for_run(run).root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,17 +9,13 @@ import pytest
 
 from empathy_workbook.paths import RunPaths
 from empathy_workbook.pipeline.runtime import NOTEBOOKS
+from helpers import preset_run_fixtures
 
 RUN = "ci-rehearsal"
 PRESET = "qwen3-0.6b-rehearsal"
 pytestmark = [pytest.mark.smoke, pytest.mark.slow]
 
-
-@pytest.fixture(scope="module")
-def summary():
-    from empathy_workbook.pipeline.runner import run_pipeline
-
-    return run_pipeline(PRESET, RUN, force=True, progress=False)
+summary, _ = preset_run_fixtures(PRESET, RUN, force=True)
 
 
 def test_all_six_phases_ran_on_the_rehearsal_preset(summary):

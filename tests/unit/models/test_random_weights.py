@@ -50,6 +50,7 @@ def test_a_random_model_has_real_shapes_and_the_real_tokenizer():
             config.head_dim, config.num_hidden_layers, config.vocab_size) == (
         shape["hidden_size"], shape["intermediate_size"], shape["num_attention_heads"],
         shape["num_key_value_heads"], shape["head_dim"], 2, random_weights.QWEN3_VOCAB_SIZE)
+    assert str(config.dtype).endswith("bfloat16")  # saved as Qwen publishes Qwen3, so merges stay bf16 as well
     ours = AutoTokenizer.from_pretrained(folder)
     real = AutoTokenizer.from_pretrained(str(random_weights.qwen3_tokenizer_dir()))
     assert ours.get_vocab() == real.get_vocab() and ours.chat_template == real.chat_template
