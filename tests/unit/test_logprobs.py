@@ -58,3 +58,12 @@ def test_kl_divergence_memory_is_bounded_for_a_qwen3_vocabulary():
     one_full_float64_copy = positions * vocab * 8
     assert peak < one_full_float64_copy / 2, f"peak {peak / 2**20:.0f} MiB"
     assert np.abs(stats["kld"]).max() < 1e-9  # a constant shift of the logits changes no probability
+
+
+def test_nll_only_counts_answer_tokens():
+    import numpy as np
+
+    rows, targets = logprobs.scored_positions([0, 1, 2, 0], [0, 0, 1, 1])
+    assert rows.tolist() == [1, 2] and targets.tolist() == [2, 0]  # logits at t predict token t+1
+    nll = logprobs.token_nll(np.zeros((4, 3), dtype=np.float32), rows, targets)
+    assert nll.tolist() == pytest.approx([math.log(3)] * 2)

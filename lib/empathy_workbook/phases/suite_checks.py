@@ -5,7 +5,7 @@ prescribe; no <think> text; the answer ended on the end token, not the length ca
 phone-sized word budget; repetition as distinct-2.
 
 The keyword checks are deliberately simple and transparent: a student can read every pattern, and
-tests/unit/phases/test_evaluate.py shows answers that pass and answers that must fail. They catch the gross
+tests/unit/phases/test_suite_checks.py shows answers that pass and answers that must fail. They catch the gross
 failures (no mention of a doctor after a head injury, a dose in mg) and are no substitute for reading
 the answers, which notebook 05's viewer is for.
 """
