@@ -55,7 +55,7 @@ def preset_run_fixtures(preset: str, run: str, force: bool = False):
     names: ``summary, metrics = preset_run_fixtures(PRESET, RUN)``.
 
     With EWB_DROP_TEST_RUNS=1 (set by .ci/run) the run's folder is deleted once the module is done: a preset's run
-    holds 1.3 GB of merged models and GGUF files, and a CI machine's disk is not ours to fill.
+    holds 1.3 GiB of merged models and GGUF files, and a CI machine's disk is not ours to fill.
     """
     import pytest
 
